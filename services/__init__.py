@@ -1,0 +1,1 @@
+"""RunLedger services: thin adapters around the pure domain in ``shared``."""

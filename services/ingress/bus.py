@@ -1,0 +1,169 @@
+"""Request/reply over Kafka: send a command to the writer and wait for its verdict, then for
+the read model to include the verdict's events (read-your-writes).
+
+Replies come back on one partition of the replies topic chosen from this instance's id; the
+reply consumer uses manual assignment (no consumer group, no rebalances when replicas restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import zlib
+from datetime import datetime, timezone
+
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+
+from shared.kafka import clients
+from shared.messages.codec import decode_reply, encode
+from shared.messages.commands import CommandEnvelope, Reply, ReplyTo
+from shared.readmodel.keys import Keys
+from shared.settings import Settings
+
+
+class CommandTimeout(Exception):
+    """The writer did not answer in time; the command may still be applied later."""
+
+
+class ProjectionTracker:
+    """Knows how far the projector has applied each events partition."""
+
+    POLL_SECONDS = 0.1  # fallback for a missed pub/sub message
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, partitions: int) -> None:
+        self.redis, self.keys, self.partitions = redis, keys, partitions
+        self.positions: dict[int, int] = {}
+        self._waiters: dict[int, list[tuple[int, asyncio.Future]]] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.pubsub = self.redis.pubsub()
+        await self.pubsub.subscribe(self.keys.progress_channel)
+        await self._poll_once()
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pubsub.aclose()
+
+    async def wait(self, partition: int, offset: int, timeout: float) -> None:
+        """Return once the projector has applied ``offset`` of ``partition``."""
+        if self.positions.get(partition, 0) > offset:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(partition, []).append((offset, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise CommandTimeout(f"the read model did not reach offset {offset} of partition {partition} in {timeout}s")
+
+    def _advance(self, partition: int, position: int) -> None:
+        if position <= self.positions.get(partition, 0):
+            return
+        self.positions[partition] = position
+        waiting = self._waiters.get(partition)
+        if not waiting:
+            return
+        still = []
+        for offset, future in waiting:
+            if offset < position:
+                if not future.done():
+                    future.set_result(None)
+            elif not future.done():
+                still.append((offset, future))
+        self._waiters[partition] = still
+
+    async def _listen(self) -> None:
+        async for message in self.pubsub.listen():
+            if message.get("type") == "message":
+                partition, position = message["data"].split(b":")
+                self._advance(int(partition), int(position))
+
+    async def _poll_once(self) -> None:
+        values = await self.redis.mget([self.keys.checkpoint(p) for p in range(self.partitions)])
+        for p, value in enumerate(values):
+            if value is not None:
+                self._advance(p, int(value))
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.POLL_SECONDS)
+            if any(self._waiters.values()):
+                try:
+                    await self._poll_once()
+                except Exception:  # Redis hiccup: the next poll retries
+                    pass
+
+
+class CommandBus:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, keys: Keys) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = keys
+        self._pending: dict[str, asyncio.Future] = {}
+        self.ready = False
+
+    async def start(self) -> None:
+        await clients.wait_for_broker(self.settings)
+        self.topics = await clients.ensure_topics(self.settings)
+        self.reply_partition = zlib.crc32(self.settings.instance_id.encode()) % self.topics.reply_partitions
+        self.reply_to = ReplyTo(topic=self.topics.replies, partition=self.reply_partition)
+        self.producer = clients.producer(self.settings, linger_ms=1)
+        self.replies = clients.consumer(self.settings)
+        await asyncio.gather(self.producer.start(), self.replies.start())
+        tp = TopicPartition(self.topics.replies, self.reply_partition)
+        self.replies.assign([tp])
+        await self.replies.seek_to_end(tp)
+        await self.replies.position(tp)  # resolve now: no reply to a later command may be skipped
+        self.tracker = ProjectionTracker(self.redis, self.keys, self.topics.partitions)
+        await self.tracker.start()
+        self._reader = asyncio.create_task(self._read_replies())
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        await self.tracker.stop()
+        await asyncio.gather(self.producer.stop(), self.replies.stop())
+
+    async def _read_replies(self) -> None:
+        while True:
+            batch = await self.replies.getmany(timeout_ms=500, max_records=1000)
+            for records in batch.values():
+                for record in records:
+                    reply = decode_reply(record.value)
+                    future = self._pending.get(reply.command_id)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+
+    async def send(self, aggregate_id: str, payload, *, command_id: str | None = None, correlation_id: str | None = None) -> Reply:
+        """Send one command and return the writer's verdict once its effects are readable."""
+        command = CommandEnvelope(
+            command_id=command_id or uuid.uuid4().hex,
+            type=payload.type,
+            aggregate_id=aggregate_id,
+            issued_at=datetime.now(timezone.utc),
+            correlation_id=correlation_id,
+            reply_to=self.reply_to,
+            payload=payload,
+        )
+        timeout = self.settings.command_timeout_seconds
+        future = asyncio.get_running_loop().create_future()
+        self._pending[command.command_id] = future
+        try:
+            await self.producer.send_and_wait(self.topics.commands, encode(command), key=aggregate_id.encode())
+            try:
+                reply = await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise CommandTimeout(
+                    f"command {command.command_id} was not answered within {timeout}s; it may still take effect"
+                ) from None
+        finally:
+            self._pending.pop(command.command_id, None)
+        if reply.partition is not None and reply.offset is not None:
+            await self.tracker.wait(reply.partition, reply.offset, timeout)
+        return reply

@@ -1,0 +1,143 @@
+"""The versioned REST API (``/api/v1``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import ORJSONResponse
+
+from services.ingress.application import Application, CommandRejected
+from shared import api_models as api
+
+router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
+
+
+def app_of(request: Request) -> Application:
+    return request.app.state.application
+
+
+@router.post("/projects", status_code=201, tags=["projects"])
+async def create_project(body: api.CreateProjectRequest, request: Request) -> Any:
+    return await app_of(request).create_project(body)
+
+
+@router.get("/projects", tags=["projects"])
+async def list_projects(request: Request) -> Any:
+    return await app_of(request).read.projects()
+
+
+@router.post("/flows", status_code=201, tags=["flows"])
+async def register_flow(body: api.RegisterFlowRequest, request: Request) -> Any:
+    return await app_of(request).register_flow(body)
+
+
+@router.get("/flows", tags=["flows"])
+async def list_flows(
+    request: Request,
+    name: str | None = None,
+    include_archived: bool = False,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+) -> Any:
+    application = app_of(request)
+    flows = await application.read.flows_named(name) if name else await application.read.flows(offset, limit)
+    return [f for f in flows if include_archived or not f["archived"]]
+
+
+@router.get("/flows/{flow_id}", tags=["flows"])
+async def get_flow(flow_id: str, request: Request) -> Any:
+    return await app_of(request).get_flow(flow_id)
+
+
+@router.get("/flows/{flow_id}/flow_runs", tags=["flow runs"])
+async def list_flow_runs(
+    flow_id: str, request: Request, offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=1000)
+) -> Any:
+    runs, total = await app_of(request).flow_runs_of(flow_id, offset, limit)
+    return {"flow_runs": runs, "total": total, "offset": offset, "limit": limit}
+
+
+@router.patch("/flow_groups/{flow_group_id}", tags=["flows"])
+async def update_flow_group(flow_group_id: str, body: api.UpdateFlowGroupRequest, request: Request) -> Any:
+    return await app_of(request).update_flow_group(flow_group_id, body)
+
+
+@router.post("/flow_runs", status_code=201, tags=["flow runs"], responses={200: {"description": "Deduplicated by idempotency_key"}})
+async def create_flow_run(body: api.CreateFlowRunRequest, request: Request, response: Response) -> Any:
+    run, deduplicated = await app_of(request).create_flow_run(body)
+    if deduplicated:
+        response.status_code = 200
+    return {**run, "deduplicated": deduplicated}
+
+
+@router.get("/flow_runs/{flow_run_id}", tags=["flow runs"])
+async def get_flow_run(flow_run_id: str, request: Request) -> Any:
+    return await app_of(request).get_flow_run(flow_run_id)
+
+
+@router.post("/flow_runs/{flow_run_id}/state", tags=["flow runs"], responses={409: {"description": "Version mismatch or transition rule"}})
+async def set_flow_run_state(flow_run_id: str, body: api.SetStateRequest, request: Request) -> Any:
+    return await app_of(request).set_flow_run_state(flow_run_id, body)
+
+
+@router.post("/flow_runs/states", tags=["flow runs"])
+async def set_flow_run_states(body: api.SetFlowRunStatesRequest, request: Request) -> Any:
+    application = app_of(request)
+
+    async def one(item: api.FlowRunStateItem) -> dict[str, Any]:
+        try:
+            outcome = await application.set_flow_run_state(item.flow_run_id, item, ("body", "flow_run_id"))
+            return {"flow_run_id": item.flow_run_id, "status": "SUCCESS", **outcome}
+        except CommandRejected as rejected:
+            return {"flow_run_id": item.flow_run_id, "status": "REJECTED", "error": rejected.rejection.model_dump()}
+        except Exception as exc:  # noqa: BLE001 - each run gets its own verdict
+            return {"flow_run_id": item.flow_run_id, "status": "ERROR", "error": {"message": str(exc)}}
+
+    return {"states": await asyncio.gather(*(one(item) for item in body.states))}
+
+
+@router.post("/flow_runs/{flow_run_id}/cancel", tags=["flow runs"])
+async def cancel_flow_run(flow_run_id: str, request: Request, body: api.CancelRequest | None = None) -> Any:
+    return await app_of(request).cancel_flow_run(flow_run_id, body.message if body else None)
+
+
+@router.post("/flow_runs/{flow_run_id}/name", tags=["flow runs"])
+async def rename_flow_run(flow_run_id: str, body: api.RenameRequest, request: Request) -> Any:
+    return await app_of(request).rename_flow_run(flow_run_id, body.name)
+
+
+@router.post("/flow_runs/{flow_run_id}/heartbeat", tags=["flow runs"])
+async def flow_run_heartbeat(flow_run_id: str, request: Request) -> Any:
+    return await app_of(request).flow_run_heartbeat(flow_run_id)
+
+
+@router.get("/flow_runs/{flow_run_id}/task_runs", tags=["task runs"])
+async def list_task_runs(flow_run_id: str, request: Request) -> Any:
+    return await app_of(request).task_runs_of(flow_run_id)
+
+
+@router.post("/task_runs", tags=["task runs"])
+async def get_or_create_task_run(body: api.GetOrCreateTaskRunRequest, request: Request) -> Any:
+    return await app_of(request).get_or_create_task_run(body)
+
+
+@router.get("/task_runs/{task_run_id}", tags=["task runs"])
+async def get_task_run(task_run_id: str, request: Request) -> Any:
+    return await app_of(request).get_task_run(task_run_id)
+
+
+@router.post("/task_runs/{task_run_id}/state", tags=["task runs"])
+async def set_task_run_state(task_run_id: str, body: api.SetStateRequest, request: Request) -> Any:
+    return await app_of(request).set_task_run_state(task_run_id, body)
+
+
+@router.post("/task_runs/{task_run_id}/name", tags=["task runs"])
+async def rename_task_run(task_run_id: str, body: api.RenameRequest, request: Request) -> Any:
+    return await app_of(request).rename_task_run(task_run_id, body.name)
+
+
+@router.post("/task_runs/{task_run_id}/heartbeat", tags=["task runs"])
+async def task_run_heartbeat(task_run_id: str, request: Request) -> Any:
+    return await app_of(request).task_run_heartbeat(task_run_id)

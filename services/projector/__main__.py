@@ -1,0 +1,3 @@
+from services.projector.service import main
+
+main()

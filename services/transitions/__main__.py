@@ -1,0 +1,3 @@
+from services.transitions.service import main
+
+main()

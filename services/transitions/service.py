@@ -1,0 +1,189 @@
+"""The state-transitions service: the single writer of every aggregate's events.
+
+It consumes ``commands`` (consumer group, partitioned by aggregate id), decides each command
+with the pure ``Ledger`` of its partition, appends the resulting events to the same partition
+number of ``events``, waits until they are acknowledged, replies to the caller, and only then
+commits the command offsets. After a restart or a rebalance it replays ``events`` to rebuild
+its ledgers, so a redelivered command is recognised by its id and answered as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import datetime, timezone
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+
+from shared.domain.ledger import Ledger
+from shared.health import HealthServer
+from shared.kafka import clients
+from shared.logs import configure
+from shared.messages.codec import decode_command, decode_event, encode
+from shared.messages.commands import Reply
+from shared.settings import Settings
+
+GROUP_ID = "runledger-transitions"
+
+
+class PartitionBook:
+    def __init__(self, dedup_window: int) -> None:
+        self.ledger = Ledger(dedup_window)
+        self.next_event_offset = 0
+
+
+class TransitionsService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = configure("transitions", settings.log_level, settings.log_json)
+        self.books: dict[int, PartitionBook] = {}
+        self.lock = asyncio.Lock()
+        self.ready = False
+        self.stopping = asyncio.Event()
+        self.processed = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        await clients.wait_for_broker(self.settings)
+        self.topics = await clients.ensure_topics(self.settings)
+        self.producer = clients.producer(self.settings, linger_ms=0)
+        self.reader = clients.consumer(self.settings)  # replays events; no group
+        self.consumer = clients.consumer(self.settings, group_id=GROUP_ID, max_poll_records=1000)
+        health = HealthServer(self.settings.health_port, lambda: self.ready, self._details)
+        await asyncio.gather(self.producer.start(), self.reader.start(), health.start())
+        self.consumer.subscribe([self.topics.commands], listener=_Rebalance(self))
+        await self.consumer.start()
+        self.log.info("started", bootstrap=self.settings.kafka_bootstrap, topic=self.topics.commands)
+        try:
+            while not self.stopping.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=1000)
+                if batch:
+                    async with self.lock:
+                        await self._process(batch)
+        finally:
+            self.ready = False
+            await self.consumer.stop()
+            await asyncio.gather(self.producer.stop(), self.reader.stop(), health.stop())
+            self.log.info("stopped", processed=self.processed)
+
+    def _details(self) -> dict:
+        return {"service": "transitions", "partitions": sorted(self.books), "processed": self.processed}
+
+    # -- rebuilding from the log --------------------------------------------------------------
+    async def catch_up(self, partitions: list[int]) -> None:
+        """Bring each partition's ledger up to the end of its events (from scratch if new)."""
+        for p in list(self.books):
+            if p not in partitions:
+                del self.books[p]
+        tps = [TopicPartition(self.topics.events, p) for p in partitions]
+        if not tps:
+            return
+        started = asyncio.get_running_loop().time()
+        self.reader.assign(tps)
+        for tp in tps:
+            book = self.books.setdefault(tp.partition, PartitionBook(self.settings.dedup_window))
+            self.reader.seek(tp, book.next_event_offset)
+        end = await self.reader.end_offsets(tps)
+        remaining = {tp for tp in tps if self.books[tp.partition].next_event_offset < end[tp]}
+        replayed = 0
+        while remaining:
+            batch = await self.reader.getmany(*remaining, timeout_ms=500, max_records=5000)
+            for tp, records in batch.items():
+                book = self.books[tp.partition]
+                for record in records:
+                    if record.offset < end[tp]:
+                        book.ledger.replay(decode_event(record.value), record.offset)
+                        book.next_event_offset = record.offset + 1
+                        replayed += 1
+                if book.next_event_offset >= end[tp]:
+                    remaining.discard(tp)
+        self.log.info(
+            "caught up",
+            partitions=partitions,
+            replayed=replayed,
+            seconds=round(asyncio.get_running_loop().time() - started, 3),
+        )
+
+    # -- the command loop ---------------------------------------------------------------------
+    async def _process(self, batch: dict) -> None:
+        now = datetime.now(timezone.utc)
+        pending = []
+        for tp, records in batch.items():
+            book = self.books.get(tp.partition)
+            if book is None:  # revoked while fetched; the new owner will handle these
+                continue
+            for record in records:
+                try:
+                    command = decode_command(record.value)
+                except (ValidationError, ValueError) as exc:
+                    self.log.error("undecodable command skipped", partition=tp.partition, offset=record.offset, error=str(exc)[:500])
+                    continue
+                answer = book.ledger.decide(command, now)
+                sends = [
+                    await self.producer.send(
+                        self.topics.events, encode(env), key=command.aggregate_id.encode(), partition=tp.partition
+                    )
+                    for env in answer.events
+                ]
+                pending.append((tp.partition, command, answer, sends))
+        # Durable first: nothing is answered before every event of the batch is acknowledged.
+        replies = []
+        for partition, command, answer, sends in pending:
+            book = self.books[partition]
+            if sends:
+                metadata = await asyncio.gather(*sends)
+                last = metadata[-1].offset
+                book.ledger.remember(command.command_id, answer.outcome, last)
+                book.next_event_offset = max(book.next_event_offset, last + 1)
+            if command.reply_to is None:
+                continue
+            # Every answer, even a rejection or a no-op repeat, names the partition's last event:
+            # the caller waits for the read model to pass it, so what it reads next agrees.
+            offset = book.next_event_offset - 1 if book.next_event_offset else None
+            reply = Reply(
+                command_id=command.command_id,
+                ok=answer.rejection is None,
+                outcome=answer.outcome,
+                rejection=answer.rejection,
+                partition=partition if offset is not None else None,
+                offset=offset,
+            )
+            replies.append(
+                await self.producer.send(command.reply_to.topic, encode(reply), partition=command.reply_to.partition)
+            )
+        if replies:
+            await asyncio.gather(*replies)
+        await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items() if tp.partition in self.books})
+        self.processed += len(pending)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: TransitionsService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        async with self.service.lock:  # let an in-flight batch finish before ownership moves
+            self.service.ready = False
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.service.catch_up(sorted(tp.partition for tp in assigned))
+        self.service.ready = True
+
+
+def main() -> None:
+    settings = Settings()
+    service = TransitionsService(settings)
+
+    async def runner() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stopping.set)
+        await service.run()
+
+    try:
+        asyncio.run(runner())
+    except Exception:
+        service.log.exception("transitions service failed")
+        os._exit(1)

@@ -1,0 +1,155 @@
+"""Request bodies of the public API (REST, GraphQL and the Python client share them)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.domain.states import State, StateType
+from shared.messages.models import EdgeSpec, ParameterSpec, TaskSpec
+
+Name = Field(min_length=1, max_length=200)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A time without a zone is UTC; every time is stored in UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateProjectRequest(_Request):
+    name: str = Name
+    description: str | None = Field(None, max_length=10_000)
+
+
+class RegisterFlowRequest(_Request):
+    name: str = Name
+    project_id: str | None = None
+    project_name: str | None = None
+    description: str | None = Field(None, max_length=10_000)
+    parameters: list[ParameterSpec] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    run_config: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = None
+    schedule: dict[str, Any] | None = None
+    core_version: str | None = Field(None, max_length=100)
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    edges: list[EdgeSpec] = Field(default_factory=list)
+    version_group_id: str | None = Field(None, max_length=200)
+    idempotency_key: str | None = Field(None, max_length=500)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RegisterFlowRequest":
+        if not (self.project_id or self.project_name):
+            raise ValueError("give project_id or project_name")
+        names = [p.name for p in self.parameters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"parameters: duplicate names {dupes}")
+        ids = [t.id for t in self.tasks]
+        if len(set(ids)) != len(ids):
+            raise ValueError("tasks: duplicate task ids")
+        slugs = [t.slug for t in self.tasks]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError("tasks: duplicate task slugs")
+        known = set(ids)
+        for edge in self.edges:
+            for end in (edge.upstream_task_id, edge.downstream_task_id):
+                if end not in known:
+                    raise ValueError(f"edges: unknown task id {end!r}")
+        return self
+
+
+class UpdateFlowGroupRequest(_Request):
+    labels: list[str] | None = None
+    run_config: dict[str, Any] | None = None
+    default_parameters: dict[str, Any] | None = None
+
+
+class CreateFlowRunRequest(_Request):
+    flow_id: str | None = None
+    version_group_id: str | None = None
+    flow_name: str | None = None
+    project_name: str | None = None
+    parameters: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    run_config: dict[str, Any] | None = None
+    flow_run_name: str | None = Field(None, min_length=1, max_length=200)
+    scheduled_start_time: datetime | None = None
+    idempotency_key: str | None = Field(None, min_length=1, max_length=500)
+
+    @field_validator("scheduled_start_time")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return as_utc(v)
+
+    @model_validator(mode="after")
+    def _one_flow_reference(self) -> "CreateFlowRunRequest":
+        given = [n for n in ("flow_id", "version_group_id", "flow_name") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of flow_id, version_group_id or flow_name" + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class StateInput(_Request):
+    type: StateType
+    message: str | None = Field(None, max_length=10_000)
+    start_time: datetime | None = None
+    result_location: str | None = Field(None, max_length=4096)
+    serialized: dict[str, Any] | None = None
+
+    @field_validator("start_time")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return as_utc(v)
+
+    def to_state(self) -> State:
+        return State(**self.model_dump())
+
+
+class SetStateRequest(_Request):
+    state: StateInput
+    version: int | None = Field(None, ge=0)
+    command_id: str | None = Field(None, min_length=1, max_length=200)
+
+
+class FlowRunStateItem(SetStateRequest):
+    flow_run_id: str
+
+
+class SetFlowRunStatesRequest(_Request):
+    states: list[FlowRunStateItem] = Field(min_length=1, max_length=1000)
+
+
+class TaskRunStateItem(SetStateRequest):
+    task_run_id: str
+
+
+class SetTaskRunStatesRequest(_Request):
+    states: list[TaskRunStateItem] = Field(min_length=1, max_length=1000)
+
+
+class RenameRequest(_Request):
+    name: str = Name
+
+
+class CancelRequest(_Request):
+    message: str | None = Field(None, max_length=10_000)
+
+
+class GetOrCreateTaskRunRequest(_Request):
+    flow_run_id: str
+    task_id: str
+    map_index: int = Field(-1, ge=-1)

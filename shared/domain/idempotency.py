@@ -1,0 +1,48 @@
+"""Idempotency-key rules for flow-run creation (the Redis adapter lives in the ingress).
+
+A key is scoped to its flow. Its value is first a *claim* (``pending:<run id>``) and becomes the
+run id once the writer has recorded the run. A claim left by a crashed request is never a
+pointer to a run: whoever sees it next re-sends the create for that same run id (the writer
+makes creating an existing run a no-op), so the key can only ever name a run that exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+PENDING_PREFIX = "pending:"
+
+
+def scoped_key(flow_id: str, idempotency_key: str) -> str:
+    return f"{flow_id}:{idempotency_key}"
+
+
+def claim_value(run_id: str) -> str:
+    return PENDING_PREFIX + run_id
+
+
+class Action(Enum):
+    CREATE = "create"  # we hold a fresh claim: create the run
+    COMPLETE = "complete"  # an earlier claim is unconfirmed: (re-)send its create, same run id
+    RETURN_EXISTING = "return_existing"  # the run is recorded: answer with it
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    action: Action
+    run_id: str
+
+
+def interpret_claim(previous_value: str | None, proposed_run_id: str) -> ClaimResult:
+    """``previous_value`` is what the key held before our atomic claim (None: our claim won)."""
+    if previous_value is None:
+        return ClaimResult(Action.CREATE, proposed_run_id)
+    if previous_value.startswith(PENDING_PREFIX):
+        return ClaimResult(Action.COMPLETE, previous_value[len(PENDING_PREFIX) :])
+    return ClaimResult(Action.RETURN_EXISTING, previous_value)
+
+
+def ttl_or_none(ttl_seconds: int) -> int | None:
+    """0 means the key never expires."""
+    return ttl_seconds if ttl_seconds > 0 else None

@@ -1,0 +1,1 @@
+"""Kafka client construction (aiokafka) from settings; broker quirks kept in tansu_compat."""

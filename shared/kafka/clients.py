@@ -1,0 +1,105 @@
+"""aiokafka producers, consumers and topic set-up, configured from ``Settings``.
+
+The embedded profile (Tansu) and the production profile differ only in the numbers chosen in
+``Settings.effective_*`` and in whether ``tansu_compat`` is applied; the code paths are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from shared.settings import Settings
+from shared.topics import Topics, topics_for
+
+log = logging.getLogger(__name__)
+
+
+def prepare(settings: Settings) -> None:
+    if settings.embedded_broker:
+        from shared.kafka import tansu_compat
+
+        tansu_compat.apply()
+
+
+def producer(settings: Settings, *, linger_ms: int = 1) -> AIOKafkaProducer:
+    prepare(settings)
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        enable_idempotence=settings.effective_idempotent_producer,
+        max_request_size=4 * 1024 * 1024,
+        request_timeout_ms=30000,
+    )
+
+
+def consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides) -> AIOKafkaConsumer:
+    prepare(settings)
+    session = settings.effective_session_timeout_ms
+    options = dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.effective_fetch_max_wait_ms,
+        session_timeout_ms=session,
+        heartbeat_interval_ms=max(session // 3, 100),
+        rebalance_timeout_ms=max(session * 3, 10000),
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        isolation_level="read_uncommitted",
+    )
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
+    prepare(settings)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaConnectionError, OSError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc}") from exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+
+
+async def ensure_topics(settings: Settings) -> Topics:
+    """Create the topics if missing; refuse to run when partition counts disagree."""
+    prepare(settings)
+    topics = topics_for(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            for name, n in topics.all()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+        described = await admin.describe_topics([name for name, _ in topics.all()])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        for name, wanted in topics.all():
+            if counts.get(name) != wanted:
+                raise RuntimeError(
+                    f"topic {name} has {counts.get(name)} partitions, settings say {wanted}; "
+                    "commands and events must have the same partition count"
+                )
+        return topics
+    finally:
+        await admin.close()

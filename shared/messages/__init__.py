@@ -1,0 +1,1 @@
+"""Versioned message envelopes (commands, events, replies) and their orjson codec."""

@@ -1,0 +1,147 @@
+"""Commands: requests to the state-transitions service, keyed by aggregate id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.domain.states import State
+from shared.messages.models import FlowDefinition, FlowRunSpec, PlannedTaskRun
+
+SCHEMA_VERSION = 1
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CreateProject(_Command):
+    type: Literal["CreateProject"] = "CreateProject"
+    project_id: str
+    name: str
+    description: str | None = None
+
+
+class RegisterFlow(_Command):
+    type: Literal["RegisterFlow"] = "RegisterFlow"
+    # ``flow.version`` and ``flow.version_group_id`` are proposals; the writer decides them.
+    flow: FlowDefinition
+    explicit_version_group: bool = False
+
+
+class UpdateFlowGroup(_Command):
+    type: Literal["UpdateFlowGroup"] = "UpdateFlowGroup"
+    flow_group_id: str
+    changes: dict[str, Any]
+
+
+class CreateFlowRun(_Command):
+    type: Literal["CreateFlowRun"] = "CreateFlowRun"
+    spec: FlowRunSpec
+
+
+class SetFlowRunState(_Command):
+    type: Literal["SetFlowRunState"] = "SetFlowRunState"
+    state: State
+    version: int | None = None
+
+
+class SetTaskRunState(_Command):
+    type: Literal["SetTaskRunState"] = "SetTaskRunState"
+    task_run_id: str
+    state: State
+    version: int | None = None
+
+
+class CancelFlowRun(_Command):
+    type: Literal["CancelFlowRun"] = "CancelFlowRun"
+    message: str | None = None
+
+
+class RenameFlowRun(_Command):
+    type: Literal["RenameFlowRun"] = "RenameFlowRun"
+    name: str
+
+
+class RenameTaskRun(_Command):
+    type: Literal["RenameTaskRun"] = "RenameTaskRun"
+    task_run_id: str
+    name: str
+
+
+class GetOrCreateTaskRun(_Command):
+    type: Literal["GetOrCreateTaskRun"] = "GetOrCreateTaskRun"
+    task_run: PlannedTaskRun
+
+
+class RecordFlowRunHeartbeat(_Command):
+    type: Literal["RecordFlowRunHeartbeat"] = "RecordFlowRunHeartbeat"
+
+
+class RecordTaskRunHeartbeat(_Command):
+    type: Literal["RecordTaskRunHeartbeat"] = "RecordTaskRunHeartbeat"
+    task_run_id: str
+
+
+CommandPayload = Annotated[
+    Union[
+        CreateProject,
+        RegisterFlow,
+        UpdateFlowGroup,
+        CreateFlowRun,
+        SetFlowRunState,
+        SetTaskRunState,
+        CancelFlowRun,
+        RenameFlowRun,
+        RenameTaskRun,
+        GetOrCreateTaskRun,
+        RecordFlowRunHeartbeat,
+        RecordTaskRunHeartbeat,
+    ],
+    Field(discriminator="type"),
+]
+
+
+class ReplyTo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topic: str
+    partition: int
+
+
+class CommandEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command_id: str = Field(min_length=1, max_length=200)
+    type: str
+    schema_version: int = SCHEMA_VERSION
+    aggregate_id: str
+    issued_at: datetime
+    correlation_id: str | None = None
+    reply_to: ReplyTo | None = None
+    payload: CommandPayload
+
+
+class Rejection(BaseModel):
+    """Why a command was refused. ``rule`` names the transition rule when one applied."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: Literal["VERSION_MISMATCH", "TRANSITION_REJECTED", "NOT_FOUND", "CONFLICT", "INVALID"]
+    message: str
+    rule: str | None = None
+    field: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Reply(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command_id: str
+    ok: bool
+    outcome: dict[str, Any] | None = None
+    rejection: Rejection | None = None
+    # Where the command's last event landed; readers wait for the projection to pass it.
+    partition: int | None = None
+    offset: int | None = None

@@ -1,0 +1,129 @@
+"""Events: the facts in the log. Only the state-transitions service produces them.
+
+Every event is wrapped in an ``EventEnvelope``; ``seq`` is the aggregate's sequence number
+(1, 2, 3, ... per aggregate), which makes duplicates in the log harmless: a reader applies an
+event only if its ``seq`` is the next one for that aggregate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.domain.states import State
+from shared.messages.models import FlowDefinition, FlowRunSpec
+
+SCHEMA_VERSION = 1
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- flow-run aggregate -------------------------------------------------------------------
+class FlowRunCreated(_Event):
+    type: Literal["FlowRunCreated"] = "FlowRunCreated"
+    spec: FlowRunSpec
+
+
+class TaskRunCreated(_Event):
+    type: Literal["TaskRunCreated"] = "TaskRunCreated"
+    task_run_id: str
+    task_id: str
+    task_slug: str
+    task_name: str = ""
+    tags: list[str] = Field(default_factory=list)
+    map_index: int = -1
+
+
+class FlowRunStateSet(_Event):
+    type: Literal["FlowRunStateSet"] = "FlowRunStateSet"
+    state: State
+    version: int
+
+
+class TaskRunStateSet(_Event):
+    type: Literal["TaskRunStateSet"] = "TaskRunStateSet"
+    task_run_id: str
+    state: State
+    version: int
+
+
+class FlowRunRenamed(_Event):
+    type: Literal["FlowRunRenamed"] = "FlowRunRenamed"
+    name: str
+
+
+class TaskRunRenamed(_Event):
+    type: Literal["TaskRunRenamed"] = "TaskRunRenamed"
+    task_run_id: str
+    name: str
+
+
+class FlowRunHeartbeatRecorded(_Event):
+    type: Literal["FlowRunHeartbeatRecorded"] = "FlowRunHeartbeatRecorded"
+
+
+class TaskRunHeartbeatRecorded(_Event):
+    type: Literal["TaskRunHeartbeatRecorded"] = "TaskRunHeartbeatRecorded"
+    task_run_id: str
+
+
+# --- registry aggregate ----------------------------------------------------------------------
+class ProjectCreated(_Event):
+    type: Literal["ProjectCreated"] = "ProjectCreated"
+    project_id: str
+    name: str
+    description: str | None = None
+
+
+class FlowRegistered(_Event):
+    type: Literal["FlowRegistered"] = "FlowRegistered"
+    flow: FlowDefinition
+    archived_flow_ids: list[str] = Field(default_factory=list)
+
+
+class FlowGroupUpdated(_Event):
+    type: Literal["FlowGroupUpdated"] = "FlowGroupUpdated"
+    flow_group_id: str
+    # Only the fields present in ``changes`` are updated; a null value clears the setting.
+    changes: dict[str, Any]
+
+
+EventPayload = Annotated[
+    Union[
+        FlowRunCreated,
+        TaskRunCreated,
+        FlowRunStateSet,
+        TaskRunStateSet,
+        FlowRunRenamed,
+        TaskRunRenamed,
+        FlowRunHeartbeatRecorded,
+        TaskRunHeartbeatRecorded,
+        ProjectCreated,
+        FlowRegistered,
+        FlowGroupUpdated,
+    ],
+    Field(discriminator="type"),
+]
+
+
+class EventEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: UUID
+    type: str
+    schema_version: int = SCHEMA_VERSION
+    aggregate_id: str
+    flow_run_id: str | None
+    seq: int = Field(ge=1)
+    time: datetime
+    correlation_id: str | None = None
+    causation_id: str
+    # Set on the last event a command produced: the verdict returned to the caller, so that a
+    # redelivered command gets the same answer after a writer restart.
+    outcome: dict[str, Any] | None = None
+    payload: EventPayload

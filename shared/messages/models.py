@@ -1,0 +1,90 @@
+"""Value objects carried inside commands and events (flow definitions, run specs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParameterSpec(Frozen):
+    name: str = Field(min_length=1, max_length=200)
+    default: Any = None
+    required: bool = False
+
+
+class TaskSpec(Frozen):
+    id: str = Field(min_length=1, max_length=100)
+    slug: str = Field(min_length=1, max_length=500)
+    name: str = Field("", max_length=500)
+    tags: list[str] = Field(default_factory=list)
+    max_retries: int = Field(0, ge=0)
+    retry_delay_seconds: float | None = Field(None, ge=0)
+    mapped: bool = False
+    trigger: str | None = None
+    type: str | None = None
+
+
+class EdgeSpec(Frozen):
+    upstream_task_id: str
+    downstream_task_id: str
+    key: str | None = None
+    mapped: bool = False
+
+
+class FlowDefinition(Frozen):
+    """A registered flow version, as recorded in ``FlowRegistered``."""
+
+    id: str
+    name: str
+    project_id: str
+    version: int
+    version_group_id: str
+    description: str | None = None
+    parameters: list[ParameterSpec] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    run_config: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = None
+    schedule: dict[str, Any] | None = None
+    core_version: str | None = None
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    edges: list[EdgeSpec] = Field(default_factory=list)
+    idempotency_key: str | None = None
+
+    @property
+    def flow_group_id(self) -> str:
+        # As in Prefect Server, a version group and its flow group are the same thing.
+        return self.version_group_id
+
+
+class PlannedTaskRun(Frozen):
+    task_run_id: str
+    task_id: str
+    task_slug: str
+    task_name: str = ""
+    tags: list[str] = Field(default_factory=list)
+    map_index: int = -1
+
+
+class FlowRunSpec(Frozen):
+    """Everything a new flow run is created with, already resolved and validated."""
+
+    flow_run_id: str
+    flow_id: str
+    flow_name: str
+    flow_version: int
+    version_group_id: str
+    project_id: str
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] = Field(default_factory=list)
+    run_config: dict[str, Any] | None = None
+    scheduled_start_time: datetime
+    idempotency_key: str | None = None
+    task_runs: list[PlannedTaskRun] = Field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Read models: Redis documents projected from the event log (pure projection + key names)."""

@@ -1,0 +1,212 @@
+"""The projection from events to read-model documents. Pure: docs in, changes out.
+
+Applying the whole log in order from an empty model always gives the same documents, which is
+what makes "drop the read models and replay" a rebuild rather than an approximation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shared.domain.states import StateType, is_finished, is_running
+from shared.messages import events as e
+from shared.messages.events import EventEnvelope
+from shared.readmodel.keys import Keys
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _score(t: datetime) -> float:
+    return t.timestamp() * 1000.0
+
+
+@dataclass
+class Changes:
+    """Documents to write (whole) and index entries to add."""
+
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    zadd: list[tuple[str, float, str]] = field(default_factory=list)
+    sadd: list[tuple[str, str]] = field(default_factory=list)
+    hset: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class Projection:
+    def __init__(self, keys: Keys) -> None:
+        self.k = keys
+
+    def aggregate_key(self, env: EventEnvelope) -> str:
+        """The document that records how far an aggregate's events have been applied."""
+        return self.k.flow_run(env.flow_run_id) if env.flow_run_id is not None else self.k.registry
+
+    def keys_needed(self, env: EventEnvelope) -> list[str]:
+        p = env.payload
+        needed = [self.aggregate_key(env)]
+        task_run_id = getattr(p, "task_run_id", None)
+        if task_run_id is not None:
+            needed.append(self.k.task_run(task_run_id))
+        if isinstance(p, e.FlowRegistered):
+            needed.append(self.k.flow_group(p.flow.version_group_id))
+            needed += [self.k.flow(fid) for fid in p.archived_flow_ids]
+        if isinstance(p, e.FlowGroupUpdated):
+            needed.append(self.k.flow_group(p.flow_group_id))
+        return needed
+
+    def apply(self, env: EventEnvelope, docs: dict[str, dict[str, Any] | None], changes: Changes) -> bool:
+        """Apply one event; ``docs`` holds the current documents (loaded or already changed).
+
+        Returns False for an event already applied: the log may hold a record twice (a producer
+        retry), and the aggregate's ``seq`` tells which copy is new.
+        """
+        agg_key = self.aggregate_key(env)
+        applied_seq = (docs.get(agg_key) or {}).get("seq", 0)
+        if env.seq <= applied_seq:
+            return False
+
+        def put(key: str, doc: dict[str, Any]) -> None:
+            docs[key] = doc
+            changes.docs[key] = doc
+
+        self._apply(env, docs, put, changes)
+        put(agg_key, {**(docs.get(agg_key) or {}), "seq": env.seq})
+        return True
+
+    def _apply(self, env: EventEnvelope, docs, put, changes: Changes) -> None:
+        p, k, t = env.payload, self.k, env.time
+        match p:
+            case e.FlowRunCreated(spec=spec):
+                doc = spec.model_dump(mode="json", exclude={"task_runs"})
+                doc.update(
+                    id=spec.flow_run_id,
+                    flow_group_id=spec.version_group_id,
+                    created=_iso(t),
+                    updated=_iso(t),
+                    state=None,
+                    version=0,
+                    states=[],
+                    start_time=None,
+                    end_time=None,
+                    duration_seconds=None,
+                    heartbeat=None,
+                    task_run_ids=[],
+                )
+                doc.pop("flow_run_id")
+                put(k.flow_run(spec.flow_run_id), doc)
+                changes.zadd.append((k.runs_of_flow(spec.flow_id), _score(t), spec.flow_run_id))
+                changes.zadd.append((k.flow_runs, _score(t), spec.flow_run_id))
+            case e.TaskRunCreated():
+                run = dict(docs[k.flow_run(env.flow_run_id)])
+                run["task_run_ids"] = [*run["task_run_ids"], p.task_run_id]
+                put(k.flow_run(env.flow_run_id), run)
+                put(
+                    k.task_run(p.task_run_id),
+                    {
+                        "id": p.task_run_id,
+                        "flow_run_id": env.flow_run_id,
+                        "task_id": p.task_id,
+                        "task_slug": p.task_slug,
+                        "task_name": p.task_name,
+                        "tags": p.tags,
+                        "map_index": p.map_index,
+                        "name": p.task_name,
+                        "created": _iso(t),
+                        "updated": _iso(t),
+                        "state": _state_entry(StateType.PENDING, t, 0),
+                        "version": 0,
+                        "states": [],
+                        "start_time": None,
+                        "end_time": None,
+                        "duration_seconds": None,
+                        "heartbeat": None,
+                    },
+                )
+            case e.FlowRunStateSet(state=state, version=version):
+                key = k.flow_run(env.flow_run_id)
+                put(key, _with_state(docs[key], state, version, t))
+            case e.TaskRunStateSet(task_run_id=tr_id, state=state, version=version):
+                key = k.task_run(tr_id)
+                put(key, _with_state(docs[key], state, version, t))
+            case e.FlowRunRenamed(name=name):
+                key = k.flow_run(env.flow_run_id)
+                put(key, {**docs[key], "name": name, "updated": _iso(t)})
+            case e.TaskRunRenamed(task_run_id=tr_id, name=name):
+                key = k.task_run(tr_id)
+                put(key, {**docs[key], "name": name, "updated": _iso(t)})
+            case e.FlowRunHeartbeatRecorded():
+                key = k.flow_run(env.flow_run_id)
+                put(key, {**docs[key], "heartbeat": _iso(t)})
+            case e.TaskRunHeartbeatRecorded(task_run_id=tr_id):
+                key = k.task_run(tr_id)
+                put(key, {**docs[key], "heartbeat": _iso(t)})
+            case e.ProjectCreated():
+                put(k.project(p.project_id), {"id": p.project_id, "name": p.name, "description": p.description, "created": _iso(t)})
+                changes.zadd.append((k.projects, _score(t), p.project_id))
+                changes.hset.append((k.project_by_name, p.name, p.project_id))
+            case e.FlowRegistered(flow=flow, archived_flow_ids=archived):
+                doc = flow.model_dump(mode="json")
+                doc.update(flow_group_id=flow.version_group_id, archived=False, created=_iso(t))
+                put(k.flow(flow.id), doc)
+                changes.zadd.append((k.flows, _score(t), flow.id))
+                changes.sadd.append((k.flows_by_name(flow.name), flow.id))
+                for fid in archived:
+                    put(k.flow(fid), {**docs[k.flow(fid)], "archived": True})
+                gkey = k.flow_group(flow.version_group_id)
+                group = docs.get(gkey) or {
+                    "id": flow.version_group_id,
+                    "project_id": flow.project_id,
+                    "name": flow.name,
+                    "flow_ids": [],
+                    "labels": None,
+                    "run_config": None,
+                    "default_parameters": None,
+                    "created": _iso(t),
+                }
+                put(gkey, {**group, "flow_ids": [*group["flow_ids"], flow.id], "updated": _iso(t)})
+            case e.FlowGroupUpdated(flow_group_id=gid, changes=updates):
+                gkey = k.flow_group(gid)
+                put(gkey, {**docs[gkey], **updates, "updated": _iso(t)})
+            case _:
+                raise TypeError(f"no projection for {p!r}")
+
+
+def _state_entry(state_type: StateType, t: datetime, version: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": state_type.value,
+        "message": None,
+        "timestamp": _iso(t),
+        "start_time": None,
+        "result_location": None,
+        "serialized": None,
+        "version": version,
+        **extra,
+    }
+
+
+def _with_state(doc: dict[str, Any], state, version: int, t: datetime) -> dict[str, Any]:
+    stamp = state.timestamp or t
+    entry = _state_entry(
+        state.type,
+        stamp,
+        version,
+        message=state.message,
+        start_time=_iso(state.start_time),
+        result_location=state.result_location,
+        serialized=state.serialized,
+    )
+    new = {**doc, "state": entry, "version": version, "states": [*doc["states"], entry], "updated": _iso(t)}
+    if is_running(state.type) and state.type is StateType.RUNNING and doc["start_time"] is None:
+        new["start_time"] = _iso(stamp)
+    if is_finished(state.type):
+        new["end_time"] = _iso(stamp)
+    elif doc["end_time"] is not None:
+        new["end_time"] = None  # restarted
+    if new["start_time"] and new["end_time"]:
+        new["duration_seconds"] = (
+            datetime.fromisoformat(new["end_time"]) - datetime.fromisoformat(new["start_time"])
+        ).total_seconds()
+    else:
+        new["duration_seconds"] = None
+    return new
