@@ -116,16 +116,18 @@ class Stack:
         await ensure_topics(settings)
 
     # -- services -----------------------------------------------------------------------------
-    def start_service(self, name: str, **env_overrides: str) -> subprocess.Popen:
+    def start_service(self, name: str, module: str | None = None, **env_overrides: str) -> subprocess.Popen:
+        """Start ``services.<module>`` as process ``name`` (a second ingress, say, under another name)."""
+        module = module or name
         env = self.env()
-        if name != "ingress":
+        if module != "ingress":
             self.health_ports.setdefault(name, free_port())
             env["RUNLEDGER_HEALTH_PORT"] = str(self.health_ports[name])
         env.update(env_overrides)
-        return self._spawn(name, [sys.executable, "-m", f"services.{name}"], env=env)
+        return self._spawn(name, [sys.executable, "-m", f"services.{module}"], env=env)
 
-    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
-        url = (
+    def wait_ready(self, name: str, timeout: float = 60.0, url: str | None = None) -> None:
+        url = url or (
             f"http://127.0.0.1:{self.api_port}/health/ready"
             if name == "ingress"
             else f"http://127.0.0.1:{self.health_ports[name]}/readyz"
