@@ -50,10 +50,15 @@ class ProjectorService:
         await self.consumer.start()
         self.log.info("started", topic=self.topics.events)
         try:
+            last_realign = 0.0
+            loop = asyncio.get_running_loop()
             while not self.stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
                 for tp, records in batch.items():
                     await self.apply(tp, records)
+                if not batch and loop.time() - last_realign > self.REALIGN_SECONDS:
+                    await self.realign()
+                    last_realign = loop.time()
         finally:
             self.ready = False
             await self.consumer.stop()
@@ -62,6 +67,20 @@ class ProjectorService:
 
     def _details(self) -> dict:
         return {"service": "projector", "applied": self.applied}
+
+    REALIGN_SECONDS = 0.5
+
+    async def realign(self) -> None:
+        """When idle, notice dropped read models (checkpoint behind our position) and replay."""
+        tps = sorted(self.consumer.assignment())
+        if not tps or await self.redis.exists(self.keys.rebuild_fence):
+            return
+        values = await self.redis.mget([self.keys.checkpoint(tp.partition) for tp in tps])
+        for tp, value in zip(tps, values):
+            checkpoint = int(value or 0)
+            if checkpoint < await self.consumer.position(tp):
+                self.log.info("read model behind the consumer: replaying", partition=tp.partition, checkpoint=checkpoint)
+                self.consumer.seek(tp, checkpoint)
 
     async def seek_to_checkpoints(self, tps) -> None:
         values = await self.redis.mget([self.keys.checkpoint(tp.partition) for tp in tps]) if tps else []
