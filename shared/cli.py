@@ -93,6 +93,129 @@ def rebuild(timeout: float = typer.Option(300.0, help="Seconds to wait for the r
     typer.echo(f"dropped {summary['dropped']} keys; replayed {summary['events']} events into {summary['keys']} keys")
 
 
+API_URL = typer.Option("http://127.0.0.1:4200", envvar="RUNLEDGER_URL", help="RunLedger API base URL.")
+
+
+def _client(url: str):
+    from shared.client import Client
+
+    return Client(url)
+
+
+def _fail(exc) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def _key_values(pairs: list[str], option: str) -> dict:
+    import json
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            typer.echo(f"error: {option} {pair!r} must look like KEY=VALUE", err=True)
+            raise typer.Exit(2)
+        key, raw = pair.split("=", 1)
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+@app.command("create-project")
+def create_project(name: str, description: str = typer.Option(None), url: str = API_URL) -> None:
+    """Create a project."""
+    from shared.client import RunLedgerError
+
+    try:
+        typer.echo(_client(url).create_project(name, description)["id"])
+    except RunLedgerError as exc:
+        _fail(exc)
+
+
+@app.command("register")
+def register_flow(path: str = typer.Argument(..., help="JSON file with the flow (name, project_name, parameters, tasks, ...)."), url: str = API_URL) -> None:
+    """Register a flow (a new version if the name exists in the project)."""
+    import json
+
+    from shared.client import RunLedgerError
+
+    try:
+        flow = _client(url).register_flow(**json.loads(open(path).read()))
+    except (RunLedgerError, OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"{flow['name']} version {flow['version']}: {flow['id']}")
+
+
+@app.command("run")
+def run(
+    flow_id: str = typer.Option(None, "--id", help="Flow id."),
+    name: str = typer.Option(None, "--name", "-n", help="Flow name."),
+    project: str = typer.Option(None, "--project", "-p", help="Project name (when the flow name is not unique)."),
+    version_group_id: str = typer.Option(None, "--version-group-id"),
+    param: list[str] = typer.Option([], "--param", help="KEY=VALUE (VALUE parsed as JSON when it can be)."),
+    context: list[str] = typer.Option([], "--context", help="KEY=VALUE"),
+    label: list[str] = typer.Option([], "--label"),
+    run_name: str = typer.Option(None, "--run-name"),
+    start: str = typer.Option(None, "--start", help="Scheduled start time, ISO 8601 (no zone = UTC)."),
+    idempotency_key: str = typer.Option(None, "--idempotency-key"),
+    url: str = API_URL,
+) -> None:
+    """Create a flow run and print it."""
+    from shared.client import RunLedgerError
+
+    try:
+        created = _client(url).create_flow_run(
+            flow_id,
+            version_group_id=version_group_id,
+            flow_name=name,
+            project_name=project,
+            parameters=_key_values(param, "--param") or None,
+            context=_key_values(context, "--context") or None,
+            labels=label or None,
+            flow_run_name=run_name,
+            scheduled_start_time=start,
+            idempotency_key=idempotency_key,
+        )
+    except RunLedgerError as exc:
+        _fail(exc)
+    typer.echo(f"{'Found existing' if created['deduplicated'] else 'Created'} run {created['name']!r}")
+    for key in ("id", "labels", "parameters", "context", "scheduled_start_time"):
+        typer.echo(f"└── {key}: {created[key]}")
+
+
+@app.command("get-run")
+def get_run(flow_run_id: str, url: str = API_URL) -> None:
+    """Show a flow run as JSON."""
+    import json
+
+    from shared.client import RunLedgerError
+
+    try:
+        typer.echo(json.dumps(_client(url).get_flow_run(flow_run_id), indent=2))
+    except RunLedgerError as exc:
+        _fail(exc)
+
+
+@app.command("set-state")
+def set_state(
+    flow_run_id: str,
+    state: str,
+    version: int = typer.Option(None, help="The version you read; omit to skip the check."),
+    message: str = typer.Option(None),
+    url: str = API_URL,
+) -> None:
+    """Set a flow run's state (optimistic locking with --version)."""
+    from shared.client import RunLedgerError
+
+    try:
+        result = _client(url).set_flow_run_state(flow_run_id, state, version, message)
+    except RunLedgerError as exc:
+        _fail(exc)
+    typer.echo(f"{result['state']} at version {result['version']}")
+
+
 def main() -> None:
     app()
 
