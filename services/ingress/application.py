@@ -113,10 +113,12 @@ class Application:
         return public(await self.read.flow_group(group_id))
 
     async def get_flow(self, flow_id: str) -> Doc:
+        """FlowView data: the registered flow with its project's name."""
         flow = await self.read.flow(flow_id)
         if flow is None:
             raise RequestError(404, [FieldError(("path", "flow_id"), f"no flow with id {flow_id}", "not_found")])
-        return public(flow)
+        project = await self.read.project(flow["project_id"]) or {}
+        return {**public(flow), "project": {"id": flow["project_id"], "name": project.get("name")}}
 
     # -- flow runs ----------------------------------------------------------------------------
     async def _flow_for(self, request: api.CreateFlowRunRequest) -> Doc:

@@ -10,6 +10,7 @@ from fastapi.responses import ORJSONResponse
 
 from services.ingress.application import Application, CommandRejected
 from shared import api_models as api
+from shared.domain.run_requests import RequestError
 
 router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
 
@@ -82,20 +83,34 @@ async def set_flow_run_state(flow_run_id: str, body: api.SetStateRequest, reques
     return await app_of(request).set_flow_run_state(flow_run_id, body)
 
 
+async def _verdict(id_field: str, item_id: str, update) -> dict[str, Any]:
+    """One run's verdict inside a batch: a failure of one never fails the others."""
+    try:
+        return {id_field: item_id, "status": "SUCCESS", **await update}
+    except CommandRejected as rejected:
+        return {id_field: item_id, "status": "REJECTED", "error": rejected.rejection.model_dump()}
+    except RequestError as exc:
+        return {id_field: item_id, "status": "ERROR", "error": {"message": str(exc), "detail": [e.as_dict() for e in exc.errors]}}
+
+
 @router.post("/flow_runs/states", tags=["flow runs"])
 async def set_flow_run_states(body: api.SetFlowRunStatesRequest, request: Request) -> Any:
     application = app_of(request)
+    updates = (
+        _verdict("flow_run_id", item.flow_run_id, application.set_flow_run_state(item.flow_run_id, item, ("body", "flow_run_id")))
+        for item in body.states
+    )
+    return {"states": await asyncio.gather(*updates)}
 
-    async def one(item: api.FlowRunStateItem) -> dict[str, Any]:
-        try:
-            outcome = await application.set_flow_run_state(item.flow_run_id, item, ("body", "flow_run_id"))
-            return {"flow_run_id": item.flow_run_id, "status": "SUCCESS", **outcome}
-        except CommandRejected as rejected:
-            return {"flow_run_id": item.flow_run_id, "status": "REJECTED", "error": rejected.rejection.model_dump()}
-        except Exception as exc:  # noqa: BLE001 - each run gets its own verdict
-            return {"flow_run_id": item.flow_run_id, "status": "ERROR", "error": {"message": str(exc)}}
 
-    return {"states": await asyncio.gather(*(one(item) for item in body.states))}
+@router.post("/task_runs/states", tags=["task runs"])
+async def set_task_run_states(body: api.SetTaskRunStatesRequest, request: Request) -> Any:
+    application = app_of(request)
+    updates = (
+        _verdict("task_run_id", item.task_run_id, application.set_task_run_state(item.task_run_id, item, ("body", "task_run_id")))
+        for item in body.states
+    )
+    return {"states": await asyncio.gather(*updates)}
 
 
 @router.post("/flow_runs/{flow_run_id}/cancel", tags=["flow runs"])

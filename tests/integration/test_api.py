@@ -34,6 +34,27 @@ def test_flow_view_data(api, project, flow):
     assert got["name"] == flow["name"] and got["project_id"] == project["id"]
     assert [t["slug"] for t in got["tasks"]] == ["extract-1", "load-1"]
     assert got["labels"] == ["docker"] and got["archived"] is False
+    assert got["project"] == {"id": project["id"], "name": project["name"]}
+    assert got["flow_group_id"] == got["version_group_id"] and got["version"] == 1
+
+
+def test_registration_keeps_tasks_edges_schedule_storage_and_core_version(api, project):
+    f = register(
+        api,
+        project,
+        description="d",
+        core_version="1.4.1",
+        storage={"type": "Local", "path": "/x"},
+        schedule={"type": "CronSchedule", "cron": "0 * * * *"},
+        run_config={"type": "LocalRun"},
+        tasks=[{"id": "a", "slug": "a-1", "name": "a", "tags": ["t"], "max_retries": 2, "retry_delay_seconds": 5,
+                "mapped": True, "trigger": "all_successful", "type": "prefect.tasks.core.Function"}],
+    )
+    got = api.get(f"/flows/{f['id']}").json()
+    assert (got["description"], got["core_version"], got["storage"], got["schedule"], got["run_config"]) == (
+        "d", "1.4.1", {"type": "Local", "path": "/x"}, {"type": "CronSchedule", "cron": "0 * * * *"}, {"type": "LocalRun"})
+    assert got["tasks"][0] == {"id": "a", "slug": "a-1", "name": "a", "tags": ["t"], "max_retries": 2, "retry_delay_seconds": 5.0,
+                               "mapped": True, "trigger": "all_successful", "type": "prefect.tasks.core.Function"}
 
 
 def test_create_by_flow_id_merges_parameters_and_defaults(api, flow):

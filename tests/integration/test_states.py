@@ -134,3 +134,16 @@ async def test_concurrent_get_or_create_of_a_mapped_child_makes_one(aapi, api, p
     )
     assert len({r.json()["id"] for r in responses}) == 1
     assert len((await aapi.get(f"/flow_runs/{run['id']}/task_runs")).json()) == 2
+
+
+def test_batch_task_run_state_updates(api, project):
+    run = new_run(api, project)
+    api.post(f"/flow_runs/{run['id']}/state", json={"state": {"type": "Running"}})
+    (task_run,) = api.get(f"/flow_runs/{run['id']}/task_runs").json()
+    r = api.post("/task_runs/states", json={"states": [
+        {"task_run_id": task_run["id"], "state": {"type": "Running"}, "version": 0},
+        {"task_run_id": task_run["id"], "state": {"type": "Success"}, "version": 0},
+    ]})
+    statuses = sorted(v["status"] for v in r.json()["states"])
+    assert statuses == ["REJECTED", "SUCCESS"]
+    assert api.get(f"/task_runs/{task_run['id']}").json()["version"] == 1
