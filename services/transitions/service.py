@@ -121,6 +121,16 @@ class TransitionsService:
                     self.log.error("undecodable command skipped", partition=tp.partition, offset=record.offset, error=str(exc)[:500])
                     continue
                 answer = book.ledger.decide(command, now)
+                if answer.rejection is not None and answer.rejection.code == "NOT_FOUND":
+                    # The ingress checks existence first, so this means a stale read model or a lost log.
+                    self.log.warning(
+                        "command for an unknown aggregate",
+                        partition=tp.partition,
+                        offset=record.offset,
+                        aggregate=command.aggregate_id,
+                        command=command.type,
+                        known=len(book.ledger.aggregates),
+                    )
                 sends = [
                     await self.producer.send(
                         self.topics.events, encode(env), key=command.aggregate_id.encode(), partition=tp.partition
@@ -168,8 +178,11 @@ class _Rebalance(ConsumerRebalanceListener):
             self.service.ready = False
 
     async def on_partitions_assigned(self, assigned) -> None:
-        await self.service.catch_up(sorted(tp.partition for tp in assigned))
-        self.service.ready = True
+        # aiokafka may already be fetching commands for these partitions: the replay holds the
+        # same lock as command processing, so no command is decided on a half-rebuilt ledger.
+        async with self.service.lock:
+            await self.service.catch_up(sorted(tp.partition for tp in assigned))
+            self.service.ready = True
 
 
 def main() -> None:
