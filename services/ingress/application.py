@@ -121,31 +121,32 @@ class Application:
         return {**public(flow), "project": {"id": flow["project_id"], "name": project.get("name")}}
 
     # -- flow runs ----------------------------------------------------------------------------
-    async def _flow_for(self, request: api.CreateFlowRunRequest) -> Doc:
+    async def _flow_for(self, request: api.CreateFlowRunRequest) -> tuple[Doc, Doc | None]:
+        """The flow a create request names, with its flow group."""
         if request.flow_id:
-            flow = await self.read.flow(request.flow_id)
+            flow, group = await self.read.flow_and_group(request.flow_id)
             if flow is None:
                 raise RequestError(404, [FieldError(("body", "flow_id"), f"no flow with id {request.flow_id}", "not_found")])
-            return flow
+            return flow, group
         if request.version_group_id:
             group = await self.read.flow_group(request.version_group_id)
-            flows = [f for f in await self.read._many([self.read.k.flow(i) for i in (group or {}).get("flow_ids", [])]) if not f["archived"]]
+            flows = [f for f in await self.read.flows_by_id((group or {}).get("flow_ids", [])) if not f["archived"]]
             if not flows:
                 raise RequestError(
                     404,
                     [FieldError(("body", "version_group_id"), f"no unarchived flow in version group {request.version_group_id}", "not_found")],
                 )
-            return flows[-1]
+            return flows[-1], group
         candidates = await self.read.flows_named(request.flow_name)
-        return choose_flow_by_name(candidates, request.flow_name, request.project_name, await self.read.project_names())
+        flow = choose_flow_by_name(candidates, request.flow_name, request.project_name, await self.read.project_names())
+        return flow, await self.read.flow_group(flow["version_group_id"])
 
     async def create_flow_run(self, request: api.CreateFlowRunRequest) -> tuple[Doc, bool]:
         """Returns the run and whether this request was deduplicated by its idempotency key."""
         for name in ("parameters", "context", "run_config"):
             self._check_size(("body", name), getattr(request, name))
-        flow_doc = await self._flow_for(request)
+        flow_doc, group = await self._flow_for(request)
         flow = _flow_definition(flow_doc)
-        group = await self.read.flow_group(flow.version_group_id)
         now = datetime.now(timezone.utc)
         run_id = str(uuid.uuid4())
         spec = resolve_flow_run(flow, flow_doc["archived"], group, request, run_id, now)  # validates before any write
@@ -163,8 +164,11 @@ class Application:
         if claim.run_id != run_id:
             spec = resolve_flow_run(flow, flow_doc["archived"], group, request, claim.run_id, now)
         outcome = _ok(await self.bus.send(claim.run_id, c.CreateFlowRun(spec=spec)))
-        await self.idempotency.confirm(flow.id, request.idempotency_key, claim.run_id)
-        return public(await self.read.flow_run(claim.run_id)), not outcome["created"]
+        async with self.read.redis.pipeline(transaction=False) as pipe:
+            await self.idempotency.confirm(flow.id, request.idempotency_key, claim.run_id, pipe)
+            pipe.get(self.read.k.flow_run(claim.run_id))
+            _, raw = await pipe.execute()
+        return public(orjson.loads(raw)), not outcome["created"]
 
     async def get_flow_run(self, run_id: str, loc: tuple = ("path", "flow_run_id")) -> Doc:
         run = await self.read.flow_run(run_id)

@@ -33,6 +33,15 @@ return 0
 """
 
 
+# A flow and its flow group in one round trip (the group id is inside the flow document).
+_FLOW_AND_GROUP = """
+local flow = redis.call('GET', KEYS[1])
+if not flow then return {false, false} end
+local group_id = cjson.decode(flow)['version_group_id']
+return {flow, redis.call('GET', ARGV[1] .. group_id)}
+"""
+
+
 class IdempotencyStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys, ttl_seconds: int) -> None:
         self.keys, self.ttl = keys, ttl_seconds
@@ -44,14 +53,16 @@ class IdempotencyStore:
         previous = await self._claim(keys=[redis_key], args=[claim_value(run_id), self.ttl])
         return interpret_claim(previous.decode() if previous is not None else None, run_id)
 
-    async def confirm(self, flow_id: str, key: str, run_id: str) -> None:
+    async def confirm(self, flow_id: str, key: str, run_id: str, pipe) -> None:
+        """Queue the confirmation on ``pipe`` (sent with the read that follows it)."""
         redis_key = self.keys.idempotency(scoped_key(flow_id, key))
-        await self._confirm(keys=[redis_key], args=[claim_value(run_id), run_id])
+        await self._confirm(keys=[redis_key], args=[claim_value(run_id), run_id], client=pipe)
 
 
 class ReadModels:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis, self.k = redis, keys
+        self._flow_and_group = redis.register_script(_FLOW_AND_GROUP)
 
     async def _get(self, key: str) -> Doc | None:
         raw = await self.redis.get(key)
@@ -108,9 +119,16 @@ class ReadModels:
         ids = await self.redis.zrevrange(self.k.flows, offset, offset + limit - 1)
         return await self._many([self.k.flow(i.decode()) for i in ids])
 
+    async def flows_by_id(self, flow_ids: list[str]) -> list[Doc]:
+        return await self._many([self.k.flow(i) for i in flow_ids])
+
     async def flows_named(self, name: str) -> list[Doc]:
         ids = await self.redis.smembers(self.k.flows_by_name(name))
         return await self._many([self.k.flow(i.decode()) for i in sorted(ids)])
+
+    async def flow_and_group(self, flow_id: str) -> tuple[Doc | None, Doc | None]:
+        flow, group = await self._flow_and_group(keys=[self.k.flow(flow_id)], args=[self.k.flow_group("")])
+        return (orjson.loads(flow) if flow else None), (orjson.loads(group) if group else None)
 
     async def flow_group(self, group_id: str) -> Doc | None:
         return await self._get(self.k.flow_group(group_id))
