@@ -78,6 +78,7 @@ class Stack:
         candidate = self.redis_url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         if not self.own_redis and redis_answers(candidate):
             self.redis_url = candidate
+            self._forget_previous_log()
             return
         binary = shutil.which("redis-server")
         if binary is None:
@@ -91,6 +92,16 @@ class Stack:
         )
         wait_for_port(port)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def _forget_previous_log(self) -> None:
+        """The embedded broker keeps nothing across restarts, so read models and idempotency keys
+        left in a shared Redis by an earlier run describe a log that no longer exists."""
+        prefix = self.extra_env.get("RUNLEDGER_REDIS_PREFIX", os.environ.get("RUNLEDGER_REDIS_PREFIX", "rl"))
+        client = redis.Redis.from_url(self.redis_url)
+        stale = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(stale), 1000):
+            client.unlink(*stale[i : i + 1000])
+        client.close()
 
     def env(self) -> dict[str, str]:
         env = os.environ.copy()
