@@ -1,0 +1,51 @@
+"""Hasura-style where/order_by evaluation used by the GraphQL reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.readmodel.filters import matches, order
+
+RUNS = [
+    {"id": "a", "state": "Running", "version": 3, "timestamp": "2030-01-01T00:00:10+00:00", "project": {"name": "p"}},
+    {"id": "b", "state": "Scheduled", "version": 1, "timestamp": "2030-01-01T00:00:05+00:00", "project": {"name": "q"}},
+    {"id": "c", "state": "Success", "version": 5, "timestamp": None, "project": None},
+]
+
+
+def ids(where):
+    return [r["id"] for r in RUNS if matches(r, where, lambda doc, name: doc.get(name))]
+
+
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ({}, ["a", "b", "c"]),
+        ({"id": {"_eq": "a"}}, ["a"]),
+        ({"id": {"_neq": "a"}}, ["b", "c"]),
+        ({"id": {"_in": ["a", "c"]}}, ["a", "c"]),
+        ({"id": {"_nin": ["a", "c"]}}, ["b"]),
+        ({"version": {"_gt": 1, "_lte": 5}}, ["a", "c"]),
+        ({"version": {"_gte": 3}, "state": {"_eq": "Running"}}, ["a"]),
+        ({"timestamp": {"_lte": "2030-01-01T00:00:07Z"}}, ["b"]),
+        ({"timestamp": {"_is_null": True}}, ["c"]),
+        ({"_and": [{"version": {"_gt": 0}}, {}]}, ["a", "b", "c"]),
+        ({"_and": {"version": {"_lt": 4}, "state": {"_eq": "Scheduled"}}}, ["b"]),
+        ({"_or": [{"id": {"_eq": "a"}}, {"state": {"_eq": "Success"}}]}, ["a", "c"]),
+        ({"_not": {"id": {"_eq": "a"}}}, ["b", "c"]),
+        ({"project": {"name": {"_eq": "q"}}}, ["b"]),
+    ],
+)
+def test_where(where, expected):
+    assert ids(where) == expected
+
+
+def test_unknown_operator_is_an_error():
+    with pytest.raises(ValueError):
+        matches(RUNS[0], {"id": {"_like": "a%"}})
+
+
+def test_order_by():
+    assert [r["id"] for r in order(RUNS, {"version": "desc"})] == ["c", "a", "b"]
+    assert [r["id"] for r in order(RUNS, {"timestamp": "asc"})] == ["b", "a", "c"]  # nulls last
+    assert [r["id"] for r in order(RUNS, None)] == ["a", "b", "c"]
