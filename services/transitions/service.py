@@ -94,7 +94,7 @@ class TransitionsService:
                 book = self.books[tp.partition]
                 for record in records:
                     if record.offset < end[tp]:
-                        book.ledger.replay(decode_event(record.value), record.offset)
+                        book.ledger.replay(decode_event(record.value))
                         book.next_event_offset = record.offset + 1
                         replayed += 1
                 if book.next_event_offset >= end[tp]:
@@ -144,9 +144,7 @@ class TransitionsService:
             book = self.books[partition]
             if sends:
                 metadata = await asyncio.gather(*sends)
-                last = metadata[-1].offset
-                book.ledger.remember(command.command_id, answer.outcome, last)
-                book.next_event_offset = max(book.next_event_offset, last + 1)
+                book.next_event_offset = max(book.next_event_offset, metadata[-1].offset + 1)
             if command.reply_to is None:
                 continue
             # Every answer, even a rejection or a no-op repeat, names the partition's last event:

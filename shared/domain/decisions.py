@@ -12,6 +12,9 @@ from shared.messages.commands import Rejection
 class Accepted:
     events: list[Any]  # event payloads, in order
     outcome: dict[str, Any] = field(default_factory=dict)
+    # For a no-op whose answer depends on state that can change later (not on mere existence):
+    # the verdict must be recorded so a redelivery gets the same answer.
+    record_verdict: bool = False
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class FlowRun:
                 self.name = name
             case e.TaskRunRenamed(task_run_id=tr_id, name=name):
                 self.task_runs[tr_id].name = name
-            case e.FlowRunHeartbeatRecorded() | e.TaskRunHeartbeatRecorded():
+            case e.FlowRunHeartbeatRecorded() | e.TaskRunHeartbeatRecorded() | e.VerdictRecorded():
                 pass
             case _:
                 raise TypeError(f"not a flow-run event: {event!r}")
@@ -161,7 +161,7 @@ class FlowRun:
     def _cancel(self, message: str | None, now: datetime) -> Decision:
         assert self.state is not None
         if is_finished(self.state.type):  # as in Prefect: cancelling a finished run does nothing
-            return Accepted([], self.summary())
+            return Accepted([], self.summary(), record_verdict=True)
         target = S.CANCELLING if self.state.type is S.RUNNING else S.CANCELLED
         return self._set_state(State(type=target, message=message or "Flow run cancelled by request."), None, now)
 

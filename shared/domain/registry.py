@@ -53,7 +53,7 @@ class Registry:
                 self.archived[flow.id] = False
                 for fid in archived:
                     self.archived[fid] = True
-            case e.FlowGroupUpdated():
+            case e.FlowGroupUpdated() | e.VerdictRecorded():
                 pass
             case _:
                 raise TypeError(f"not a registry event: {event!r}")

@@ -14,6 +14,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.domain.states import State
+from shared.messages.commands import Rejection
 from shared.messages.models import FlowDefinition, FlowRunSpec
 
 SCHEMA_VERSION = 1
@@ -93,8 +94,21 @@ class FlowGroupUpdated(_Event):
     changes: dict[str, Any]
 
 
+# --- any aggregate --------------------------------------------------------------------------
+class VerdictRecorded(_Event):
+    """A verdict that changed nothing (a refusal, or a no-op such as cancelling a finished run),
+    recorded so it survives a writer restart: a redelivered command must get the answer its
+    caller already has, not a new decision on a state that has moved on since."""
+
+    type: Literal["VerdictRecorded"] = "VerdictRecorded"
+    command_type: str
+    outcome: dict[str, Any] | None = None
+    rejection: Rejection | None = None
+
+
 EventPayload = Annotated[
     Union[
+        VerdictRecorded,
         FlowRunCreated,
         TaskRunCreated,
         FlowRunStateSet,

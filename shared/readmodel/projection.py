@@ -168,6 +168,8 @@ class Projection:
             case e.FlowGroupUpdated(flow_group_id=gid, changes=updates):
                 gkey = k.flow_group(gid)
                 put(gkey, {**docs[gkey], **updates, "updated": _iso(t)})
+            case e.VerdictRecorded():
+                pass  # an audit record: no read model shows it
             case _:
                 raise TypeError(f"no projection for {p!r}")
 

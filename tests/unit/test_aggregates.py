@@ -36,7 +36,8 @@ def test_versions_rise_by_one_and_stale_versions_are_refused():
     assert decide(ledger, set_state("Submitted", 1)).outcome["version"] == 2
     assert decide(ledger, set_state("Running", None)).outcome["version"] == 3
     stale = decide(ledger, set_state("Success", 2))
-    assert stale.events == [] and stale.rejection.code == "VERSION_MISMATCH"
+    assert stale.rejection.code == "VERSION_MISMATCH"
+    assert [e.type for e in stale.events] == ["VerdictRecorded"]  # the verdict is recorded, the run unchanged
     assert stale.rejection.details["current_version"] == 3
     assert ledger.aggregates["run-1"].version == 3
 
@@ -68,7 +69,8 @@ def test_cancel_of_a_scheduled_run_cancels_it_and_of_a_finished_run_does_nothing
     assert decide(ledger, c.CancelFlowRun()).outcome["state"] == "Cancelled"
     assert {tr.state.type.value for tr in ledger.aggregates["run-1"].task_runs.values()} == {"Cancelled"}
     noop = decide(ledger, c.CancelFlowRun())
-    assert noop.events == [] and noop.outcome["state"] == "Cancelled"
+    assert [e.type for e in noop.events] == ["VerdictRecorded"] and noop.outcome["state"] == "Cancelled"
+    assert ledger.aggregates["run-1"].version == 2
 
 
 def test_task_runs_cannot_run_in_a_finished_flow_run():
@@ -103,8 +105,8 @@ def test_replaying_the_log_rebuilds_the_same_state_and_answers():
     log += decide(ledger, set_task_state("run-1-tr0", "Running", 0)).events
     log += decide(ledger, c.RenameFlowRun(name="renamed")).events
     rebuilt = Ledger()
-    for offset, env in enumerate(log + log[2:4]):  # the duplicated records are skipped by seq
-        rebuilt.replay(env, offset)
+    for env in log + log[2:4]:  # the duplicated records are skipped by seq
+        rebuilt.replay(env)
     original, copy = ledger.aggregates["run-1"], rebuilt.aggregates["run-1"]
     assert (copy.version, copy.seq, copy.name, copy.state) == (original.version, original.seq, original.name, original.state)
     assert copy.task_runs == original.task_runs
@@ -150,3 +152,19 @@ def test_state_timestamps_come_from_the_writer():
     answer = decide(ledger, set_state("Running", message="go"), when=at(5))
     state: State = answer.events[0].payload.state
     assert state.timestamp == at(5) and state.message == "go"
+
+
+def test_a_rejection_survives_replay_even_if_the_run_moved_on():
+    """Redelivered after a crash, a refused command must stay refused though the run changed."""
+    ledger, log = Ledger(), []
+    log += decide(ledger, c.CreateFlowRun(spec=spec())).events
+    refused = decide(ledger, set_state("Cancelling"), command_id="too-early")
+    assert refused.rejection.rule == "cancelling_only_from_running"
+    log += refused.events
+    log += decide(ledger, set_state("Running")).events
+    rebuilt = Ledger()
+    for env in log:
+        rebuilt.replay(env)
+    again = decide(rebuilt, set_state("Cancelling"), command_id="too-early")
+    assert again.duplicate and again.events == [] and again.rejection == refused.rejection
+    assert rebuilt.aggregates["run-1"].state.type.value == "Running"
