@@ -6,6 +6,7 @@ the bus, and reads the read models. It never decides a state transition: that is
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from datetime import datetime, timezone
@@ -44,8 +45,17 @@ def public(doc: Doc | None) -> Doc | None:
     return {k: v for k, v in doc.items() if k != "seq"}
 
 
-def _flow_definition(doc: Doc) -> FlowDefinition:
+@functools.lru_cache(maxsize=4096)
+def _parse_flow_definition(raw: bytes) -> FlowDefinition:
+    doc = orjson.loads(raw)
     return FlowDefinition.model_validate({k: v for k, v in doc.items() if k in FlowDefinition.model_fields})
+
+
+def _flow_definition(doc: Doc) -> FlowDefinition:
+    """A registered flow never changes (a new version is a new flow), so parsing is cached by
+    content; ``archived`` is not part of the definition and is read from the document."""
+    definition_fields = {k: v for k, v in doc.items() if k in FlowDefinition.model_fields}
+    return _parse_flow_definition(orjson.dumps(definition_fields, option=orjson.OPT_SORT_KEYS))
 
 
 class Application:
