@@ -47,7 +47,7 @@ def app_of(info) -> Application:
 
 # -- errors ------------------------------------------------------------------------------------
 def _error(message: str, code: str, **extensions: Any) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": code, **extensions})
+    return GraphQLError(message, extensions={**extensions, "code": code})
 
 
 def translate_errors(resolver):
@@ -58,9 +58,9 @@ def translate_errors(resolver):
         except CommandRejected as rejected:
             r = rejected.rejection
             code = "VERSION_LOCKING_ERROR" if r.code == "VERSION_MISMATCH" else r.code
-            raise _error(r.message, code, rule=r.rule, field=r.field, **r.details) from None
+            raise _error(r.message, code, **{**r.details, "rule": r.rule, "field": r.field}) from None
         except RequestError as exc:
-            raise _error(str(exc), "BAD_USER_INPUT", errors=[e.as_dict() for e in exc.errors]) from None
+            raise _error(str(exc), "BAD_USER_INPUT", status=exc.status, errors=[e.as_dict() for e in exc.errors]) from None
         except ValidationError as exc:
             errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
@@ -102,7 +102,7 @@ def _state_input(value: Any) -> api.StateInput:
 CAMEL = {
     "flowId": "flow_id", "versionGroupId": "version_group_id", "flowName": "flow_name", "projectName": "project_name",
     "runConfig": "run_config", "scheduledStartTime": "scheduled_start_time", "idempotencyKey": "idempotency_key",
-    "flowRunName": "flow_run_name", "flowRunId": "flow_run_id",
+    "flowRunName": "flow_run_name", "flowRunId": "flow_run_id", "flowGroupId": "flow_group_id",
 }
 
 
@@ -182,9 +182,8 @@ async def resolve_projects(_, info, where=None, order_by=None, limit=None, offse
 
 
 async def _flow_views(app: Application, docs: list[dict]) -> list[dict]:
-    names = await app.read.project_names()
-    ids = {v: k for k, v in names.items()}
-    return [{**public(d), "_project_name": ids.get(d["project_id"])} for d in docs]
+    names = await app.read.project_names()  # project id -> name
+    return [{**public(d), "_project_name": names.get(d["project_id"])} for d in docs]
 
 
 @query.field("flow_by_pk")
@@ -324,6 +323,11 @@ async def resolve_create_project(_, info, input):
 @translate_errors
 async def resolve_create_flow_run(_, info, input):
     data = _snake(input)
+    # Prefect's docs also call the version group the "flow group" (seed 003); they are one id here.
+    if (group_id := data.pop("flow_group_id", None)) is not None:
+        if data.get("version_group_id") not in (None, group_id):
+            raise _error("give flow_group_id or version_group_id, not two different ids", "BAD_USER_INPUT", field="flow_group_id")
+        data["version_group_id"] = group_id
     for name in ("parameters", "context", "run_config"):
         data[name] = _json_object(data.get(name), name)
     request = api.CreateFlowRunRequest.model_validate({k: v for k, v in data.items() if v is not None})
@@ -441,6 +445,13 @@ def mount_graphql(app: FastAPI) -> None:
             except orjson.JSONDecodeError as exc:
                 return ORJSONResponse({"errors": [{"message": f"variables: malformed JSON ({exc})"}]}, status_code=400)
         success, result = await graphql(schema, data, context_value={"request": request})
-        # Resolver errors (result has "data") are 200, as Prefect's client requires; documents that
-        # do not parse or validate are the client's fault: 400.
-        return ORJSONResponse(result, status_code=200 if success or "data" in result else 400)
+        return ORJSONResponse(result, status_code=200 if success or _field_errors_only(result) else 400)
+
+
+def _field_errors_only(result: dict) -> bool:
+    """Errors raised while resolving fields carry a ``path`` and are answered with 200, as Prefect's
+    client requires (it only reads ``errors`` on a 2xx). Request errors (a document that does not
+    parse or validate, variables that do not fit their types) have no path and are answered with
+    400, like ariadne's own handler does."""
+    errors = result.get("errors") or []
+    return "data" in result and all(error.get("path") for error in errors)
