@@ -10,14 +10,13 @@ the ingress can answer a write only once the write is readable.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from redis.exceptions import WatchError
 
+from services.process import run_until_stopped
 from shared.health import HealthServer
 from shared.kafka import clients
 from shared.logs import configure
@@ -144,17 +143,4 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def main() -> None:
-    settings = Settings()
-    service = ProjectorService(settings)
-
-    async def runner() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stopping.set)
-        await service.run()
-
-    try:
-        asyncio.run(runner())
-    except Exception:
-        service.log.exception("projector failed")
-        os._exit(1)
+    run_until_stopped(ProjectorService(Settings()))

@@ -10,14 +10,13 @@ its ledgers, so a redelivered command is recognised by its id and answered as be
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from datetime import datetime, timezone
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
 from shared.domain.ledger import Ledger
+from services.process import run_until_stopped
 from shared.health import HealthServer
 from shared.kafka import clients
 from shared.logs import configure
@@ -184,17 +183,4 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def main() -> None:
-    settings = Settings()
-    service = TransitionsService(settings)
-
-    async def runner() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stopping.set)
-        await service.run()
-
-    try:
-        asyncio.run(runner())
-    except Exception:
-        service.log.exception("transitions service failed")
-        os._exit(1)
+    run_until_stopped(TransitionsService(Settings()))
