@@ -1,0 +1,1 @@
+"""RunLedger HTTP benchmark: ``python -m bench`` (or ``./run bench``); see bench/README.md."""
