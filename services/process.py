@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 
+import uvloop
+
 
 def run_until_stopped(service) -> None:
     """``service`` has ``run()``, a ``stopping`` event and a ``log``."""
@@ -17,7 +19,7 @@ def run_until_stopped(service) -> None:
         await service.run()
 
     try:
-        asyncio.run(runner())
+        uvloop.run(runner())  # the same loop uvicorn gives the ingress: cheaper socket writes
     except Exception:
         service.log.exception("service failed")
         os._exit(1)  # let the supervisor restart us; state is rebuilt from the log
