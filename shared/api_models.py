@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.domain.states import State, StateType
-from shared.messages.models import EdgeSpec, ParameterSpec, TaskSpec
+from shared.messages.models import EdgeSpec, JsonObject, ParameterSpec, TaskSpec
 
 Name = Field(min_length=1, max_length=200)
 
@@ -38,9 +38,9 @@ class RegisterFlowRequest(_Request):
     description: str | None = Field(None, max_length=10_000)
     parameters: list[ParameterSpec] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
-    run_config: dict[str, Any] | None = None
-    storage: dict[str, Any] | None = None
-    schedule: dict[str, Any] | None = None
+    run_config: JsonObject | None = None
+    storage: JsonObject | None = None
+    schedule: JsonObject | None = None
     core_version: str | None = Field(None, max_length=100)
     tasks: list[TaskSpec] = Field(default_factory=list)
     edges: list[EdgeSpec] = Field(default_factory=list)
@@ -71,8 +71,8 @@ class RegisterFlowRequest(_Request):
 
 class UpdateFlowGroupRequest(_Request):
     labels: list[str] | None = None
-    run_config: dict[str, Any] | None = None
-    default_parameters: dict[str, Any] | None = None
+    run_config: JsonObject | None = None
+    default_parameters: JsonObject | None = None
 
 
 class CreateFlowRunRequest(_Request):
@@ -80,10 +80,10 @@ class CreateFlowRunRequest(_Request):
     version_group_id: str | None = None
     flow_name: str | None = None
     project_name: str | None = None
-    parameters: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
+    parameters: JsonObject | None = None
+    context: JsonObject | None = None
     labels: list[str] | None = None
-    run_config: dict[str, Any] | None = None
+    run_config: JsonObject | None = None
     flow_run_name: str | None = Field(None, min_length=1, max_length=200)
     scheduled_start_time: datetime | None = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=500)
@@ -108,7 +108,7 @@ class StateInput(_Request):
     message: str | None = Field(None, max_length=10_000)
     start_time: datetime | None = None
     result_location: str | None = Field(None, max_length=4096)
-    serialized: dict[str, Any] | None = None
+    serialized: JsonObject | None = None
 
     @field_validator("start_time")
     @classmethod

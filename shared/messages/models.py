@@ -5,7 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from typing_extensions import Annotated
+
+
+def _encodable(value: Any) -> Any:
+    """Free-form JSON must survive our wire format (orjson): no integers beyond 64 bits, no lone
+    surrogates. Refused here, a bad value is a 422 naming its field rather than a 500 later."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"cannot be stored as JSON: {exc}") from None
+    return value
+
+
+WireJson = Annotated[Any, AfterValidator(_encodable)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_encodable)]
 
 
 class Frozen(BaseModel):
@@ -14,7 +30,7 @@ class Frozen(BaseModel):
 
 class ParameterSpec(Frozen):
     name: str = Field(min_length=1, max_length=200)
-    default: Any = None
+    default: WireJson = None
     required: bool = False
 
 
