@@ -11,7 +11,7 @@ from datetime import datetime
 
 from shared.domain.decisions import Accepted, Decision, Rejected, not_found
 from shared.domain.rules import Transition, check_transition
-from shared.domain.states import State, StateType, is_finished
+from shared.domain.states import State, StateType, is_finished, is_running
 from shared.domain.versioning import check_version
 from shared.messages import commands as c
 from shared.messages import events as e
@@ -171,8 +171,8 @@ class FlowRun:
         for record in self.task_runs.values():
             if is_finished(record.state.type):
                 continue
-            target = S.CANCELLING if flow_target is S.CANCELLING and record.state.type is S.RUNNING else S.CANCELLED
-            if record.state.type is target:
+            target = S.CANCELLING if flow_target is S.CANCELLING and is_running(record.state.type) else S.CANCELLED
+            if record.state.type is target:  # already Cancelling: it stays so
                 continue
             state = State(type=target, message=f"Flow run {flow_target.value.lower()}.", timestamp=now)
             followers.append(e.TaskRunStateSet(task_run_id=record.id, state=state, version=record.version + 1))

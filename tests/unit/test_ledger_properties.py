@@ -24,7 +24,7 @@ from shared.messages.models import PlannedTaskRun
 from shared.readmodel.keys import Keys
 from shared.readmodel.projection import Changes, Projection
 from tests.unit.factories import at, envelope, spec
-from tests.unit.oracle import FINISHED, violated
+from tests.unit.oracle import FINISHED, RUNNING, violated
 
 STATES = [t.value for t in StateType]
 LIFECYCLE = ["Scheduled", "Submitted", "Running", "Running", "Success", "Failed", "Retrying", "Cancelling"]
@@ -73,7 +73,7 @@ class Model:
             for task in run.tasks.values():
                 if task[0] in FINISHED:
                     continue
-                target = "Cancelling" if proposed == "Cancelling" and task[0] == "Running" else "Cancelled"
+                target = "Cancelling" if proposed == "Cancelling" and task[0] in RUNNING else "Cancelled"
                 if task[0] != target:
                     task[0], task[1] = target, task[1] + 1
         return Expect(True, outcome={"version": run.version, "state": proposed})
