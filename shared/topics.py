@@ -7,7 +7,6 @@ so a flow run's commands and events always meet in one writer partition.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 from shared.settings import Settings
@@ -40,12 +39,3 @@ def topics_for(settings: Settings) -> Topics:
         partitions=settings.partitions,
         reply_partitions=settings.reply_partitions,
     )
-
-
-def aggregate_key(aggregate_id: str) -> bytes:
-    return aggregate_id.encode()
-
-
-def partition_for(aggregate_id: str, partitions: int) -> int:
-    """Stable partition of an aggregate (crc32, identical in every process and language)."""
-    return zlib.crc32(aggregate_id.encode()) % partitions

@@ -15,7 +15,7 @@ from shared.domain.states import State, StateType, is_finished, is_running
 from shared.domain.versioning import check_version
 from shared.messages import commands as c
 from shared.messages import events as e
-from shared.messages.models import FlowRunSpec
+from shared.messages.models import FlowRunSpec, PlannedTaskRun
 
 S = StateType
 
@@ -111,17 +111,7 @@ class FlowRun:
             return Accepted([], {**self.summary(), "created": False})
         spec = command.spec
         events: list[object] = [e.FlowRunCreated(spec=spec)]
-        events += [
-            e.TaskRunCreated(
-                task_run_id=t.task_run_id,
-                task_id=t.task_id,
-                task_slug=t.task_slug,
-                task_name=t.task_name,
-                tags=t.tags,
-                map_index=t.map_index,
-            )
-            for t in spec.task_runs
-        ]
+        events += [_task_run_created(planned) for planned in spec.task_runs]
         scheduled = State(
             type=S.SCHEDULED, message="Flow run scheduled.", timestamp=now, start_time=spec.scheduled_start_time
         )
@@ -185,15 +175,11 @@ class FlowRun:
             return Accepted(
                 [], {"task_run_id": existing, "version": record.version, "state": record.state.type.value, "created": False}
             )
-        event = e.TaskRunCreated(
-            task_run_id=planned.task_run_id,
-            task_id=planned.task_id,
-            task_slug=planned.task_slug,
-            task_name=planned.task_name,
-            tags=planned.tags,
-            map_index=planned.map_index,
-        )
-        return Accepted([event], {"task_run_id": planned.task_run_id, "version": 0, "state": "Pending", "created": True})
+        return Accepted([_task_run_created(planned)], {"task_run_id": planned.task_run_id, "version": 0, "state": "Pending", "created": True})
+
+
+def _task_run_created(planned: PlannedTaskRun) -> e.TaskRunCreated:
+    return e.TaskRunCreated(**planned.model_dump())
 
 
 def _stamped(state: State, now: datetime) -> State:

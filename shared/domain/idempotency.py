@@ -41,8 +41,3 @@ def interpret_claim(previous_value: str | None, proposed_run_id: str) -> ClaimRe
     if previous_value.startswith(PENDING_PREFIX):
         return ClaimResult(Action.COMPLETE, previous_value[len(PENDING_PREFIX) :])
     return ClaimResult(Action.RETURN_EXISTING, previous_value)
-
-
-def ttl_or_none(ttl_seconds: int) -> int | None:
-    """0 means the key never expires."""
-    return ttl_seconds if ttl_seconds > 0 else None

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.api_models import CreateFlowRunRequest
-from shared.domain.idempotency import Action, claim_value, interpret_claim, ttl_or_none
+from shared.domain.idempotency import Action, claim_value, interpret_claim
 from shared.domain.names import two_word_name
 from shared.domain.run_requests import RequestError, choose_flow_by_name, resolve_flow_run, task_run_id_for
 from shared.messages.codec import decode_command, decode_event, encode
@@ -97,7 +97,6 @@ def test_idempotency_claims():
     assert (pending.action, pending.run_id) == (Action.COMPLETE, "old")
     done = interpret_claim("old", "new")
     assert (done.action, done.run_id) == (Action.RETURN_EXISTING, "old")
-    assert ttl_or_none(0) is None and ttl_or_none(86400) == 86400
 
 
 def test_two_word_names_are_stable_and_varied():
