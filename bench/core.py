@@ -1,7 +1,7 @@
 """RunLedger benchmark: ``python -m bench`` (or ``./run bench``).
 
 Starts its own stack (embedded Tansu broker, a private redis-server, the three services as
-processes, via ``services.devstack.Stack``) unless ``--url`` names a running one, then drives the
+processes, via ``runledger.services.devstack.Stack``) unless ``--url`` names a running one, then drives the
 public REST API (``/api/v1``) through pooled keep-alive HTTP clients (one per concurrency level, aiohttp by default) and prints, per scenario,
 count, errors, throughput and latency percentiles (p50/p90/p99/max, computed here without
 ``statistics`` or numpy), plus the CPU each process used during each scenario when the stack is
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminated)
     try:
         if settings.own_stack:
-            from services.devstack import Stack
+            from runledger.services.devstack import Stack
 
             progress("starting the stack (broker, redis-server, transitions, projector, ingress)")
             stack = Stack(own_redis=True, partitions=settings.partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "WARNING", **settings.env})

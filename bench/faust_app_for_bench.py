@@ -15,7 +15,7 @@ and reply to the partition of the replies topic named in the command. With
 the same contract as ``services/transitions`` ("durable first"); with ``0`` it is fire-and-forget.
 
 Embedded-broker settings from /work/shared/research/tansu.md: short session/heartbeat, memory
-store, at_least_once, 4 partitions, ``shared.kafka.tansu_compat.apply()`` and the worker's fetch
+store, at_least_once, 4 partitions, ``runledger.services.runtime.tansu_compat.apply()`` and the worker's fetch
 wait patched from Faust's hard-coded 1500 ms to 10 ms (else every hop costs ~750 ms on Tansu).
 """
 
@@ -27,7 +27,7 @@ import faust
 import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from shared.kafka import tansu_compat
+from runledger.services.runtime import tansu_compat
 
 FETCH_WAIT_MS = int(os.environ.get("BENCH_FAUST_FETCH_WAIT_MS", "10"))
 

@@ -3,7 +3,7 @@
 The hot path is the state-transitions writer (``services/transitions/service.py``): consume a
 command keyed by run id, check the run's current version (optimistic lock) in per-partition
 state, append an event, reply to the requester. The same workload goes through two writers,
-each a separate OS process on its own fresh embedded Tansu broker (``services.devstack``):
+each a separate OS process on its own fresh embedded Tansu broker (``runledger.services.devstack``):
 
 * ``faust``       — ``bench/faust_app_for_bench.py``: a Faust agent over the commands topic with a
   changelog-backed ``app.Table`` (version per run id); the reply is sent once the event is
@@ -81,7 +81,7 @@ class AiokafkaWriter:
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        from shared.kafka import tansu_compat
+        from runledger.services.runtime import tansu_compat
 
         tansu_compat.apply()
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0)
@@ -490,7 +490,7 @@ class ImplReport:
 
 
 async def bench_impl(name: str, args, workdir: Path) -> ImplReport:
-    from services.devstack import Stack
+    from runledger.services.devstack import Stack
 
     report = ImplReport(name)
     stack = Stack(workdir=workdir / f"broker-{name}")
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (64 if quick else 200)
     impls = (args.impls or ("faust,aiokafka" if quick else "faust,aiokafka,faust-noack")).split(",")
 
-    from shared.kafka import tansu_compat
+    from runledger.services.runtime import tansu_compat
 
     tansu_compat.apply()
     from importlib.metadata import version

@@ -117,8 +117,8 @@ class Stack:
         return env
 
     async def create_topics(self) -> None:
-        from shared.kafka.clients import ensure_topics, wait_for_broker
-        from shared.settings import Settings
+        from runledger.services.runtime.kafka import ensure_topics, wait_for_broker
+        from runledger.settings import Settings
 
         settings = Settings(
             kafka_bootstrap=f"127.0.0.1:{self.broker_port}", embedded_broker=True, partitions=self.partitions
@@ -128,14 +128,14 @@ class Stack:
 
     # -- services -----------------------------------------------------------------------------
     def start_service(self, name: str, module: str | None = None, **env_overrides: str) -> subprocess.Popen:
-        """Start ``services.<module>`` as process ``name`` (a second ingress, say, under another name)."""
+        """Start ``runledger.services.<module>`` as process ``name`` (a second ingress, say, under another name)."""
         module = module or name
         env = self.env()
         if module != "ingress":
             self.health_ports.setdefault(name, free_port())
             env["RUNLEDGER_HEALTH_PORT"] = str(self.health_ports[name])
         env.update(env_overrides)
-        return self._spawn(name, [sys.executable, "-m", f"services.{module}"], env=env)
+        return self._spawn(name, [sys.executable, "-m", f"runledger.services.{module}"], env=env)
 
     def wait_ready(self, name: str, timeout: float = 60.0, url: str | None = None) -> None:
         url = url or (

@@ -1,5 +1,6 @@
-"""RunLedger's shared package: messages, topics, settings and pure domain logic.
+"""RunLedger: the pure domain and the contracts shared by the services and by clients.
 
-Everything here is imported by the services and by clients; nothing here does I/O
-except the thin Kafka/Redis helpers under ``shared.kafka`` and the HTTP client.
+Installed under the import name ``runledger`` from the folder ``shared/``. Nothing in here
+imports ``runledger.services`` (the runtime and the services, from the folder ``services/``);
+``tests/unit/test_layers.py`` keeps it so.
 """

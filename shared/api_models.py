@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.domain.states import State, StateType
-from shared.messages.models import EdgeSpec, JsonObject, ParameterSpec, TaskSpec
+from runledger.domain.states import State, StateType
+from runledger.messages.models import EdgeSpec, JsonObject, ParameterSpec, TaskSpec
 
 Name = Field(min_length=1, max_length=200)
 

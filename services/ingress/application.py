@@ -1,6 +1,6 @@
 """The ingress application service: what REST and GraphQL both call.
 
-It validates and resolves requests (pure helpers from ``shared.domain``), sends commands through
+It validates and resolves requests (pure helpers from ``runledger.domain``), sends commands through
 the bus, and reads the read models. It never decides a state transition: that is the writer's.
 """
 
@@ -14,16 +14,16 @@ from typing import Any
 
 import orjson
 
-from services.ingress.bus import CommandBus
-from services.ingress.store import Doc, IdempotencyStore, ReadModels
-from shared import api_models as api
-from shared.domain.idempotency import Action
-from shared.domain.run_requests import FieldError, RequestError, choose_flow_by_name, resolve_flow_run, task_run_id_for
-from shared.messages import commands as c
-from shared.messages.commands import Rejection, Reply
-from shared.messages.models import FlowDefinition, PlannedTaskRun
-from shared.settings import Settings
-from shared.topics import REGISTRY_AGGREGATE
+from runledger.services.runtime.bus import CommandBus
+from runledger.services.runtime.stores import Doc, IdempotencyStore, ReadModels
+from runledger import api_models as api
+from runledger.domain.idempotency import Action
+from runledger.domain.run_requests import FieldError, RequestError, choose_flow_by_name, resolve_flow_run, task_run_id_for
+from runledger.messages import commands as c
+from runledger.messages.commands import Rejection, Reply
+from runledger.messages.models import FlowDefinition, PlannedTaskRun
+from runledger.settings import Settings
+from runledger.topics import REGISTRY_AGGREGATE
 
 
 class CommandRejected(Exception):

@@ -21,11 +21,11 @@ from graphql import GraphQLError
 from graphql.utilities import value_from_ast_untyped
 from pydantic import ValidationError
 
-from services.ingress.application import Application, CommandRejected, public
-from services.ingress.bus import CommandTimeout
-from shared import api_models as api
-from shared.domain.run_requests import RequestError
-from shared.readmodel.filters import matches, order
+from runledger.services.ingress.application import Application, CommandRejected, public
+from runledger.services.runtime.bus import CommandTimeout
+from runledger import api_models as api
+from runledger.domain.run_requests import RequestError
+from runledger.readmodel.filters import matches, order
 
 SCAN_LIMIT = 1000  # reads that are not anchored on an id look at the newest this many documents
 

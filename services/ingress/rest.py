@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import ORJSONResponse
 
-from services.ingress.application import Application, CommandRejected
-from shared import api_models as api
-from shared.domain.run_requests import RequestError
+from runledger.services.ingress.application import Application, CommandRejected
+from runledger import api_models as api
+from runledger.domain.run_requests import RequestError
 
 router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
 

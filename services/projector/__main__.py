@@ -1,3 +1,3 @@
-from services.projector.service import main
+from runledger.services.projector.service import main
 
 main()

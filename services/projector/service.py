@@ -16,14 +16,14 @@ import redis.asyncio as aioredis
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from redis.exceptions import WatchError
 
-from services.process import run_until_stopped
-from shared.health import HealthServer
-from shared.kafka import clients
-from shared.logs import configure
-from shared.messages.codec import decode_event
-from shared.readmodel.keys import Keys
-from shared.readmodel.projection import Changes, Projection
-from shared.settings import Settings
+from runledger.services.runtime.process import run_until_stopped
+from runledger.services.runtime.health import HealthServer
+from runledger.services.runtime import kafka as clients
+from runledger.services.runtime.logs import configure
+from runledger.messages.codec import decode_event
+from runledger.readmodel.keys import Keys
+from runledger.readmodel.projection import Changes, Projection
+from runledger.settings import Settings
 
 GROUP_ID = "runledger-projector"
 

@@ -1,3 +1,3 @@
-from services.transitions.service import main
+from runledger.services.transitions.service import main
 
 main()

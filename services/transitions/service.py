@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
-from shared.domain.ledger import Ledger
-from services.process import run_until_stopped
-from shared.health import HealthServer
-from shared.kafka import clients
-from shared.logs import configure
-from shared.messages.codec import decode_command, decode_event, encode
-from shared.messages.commands import Reply
-from shared.settings import Settings
+from runledger.domain.ledger import Ledger
+from runledger.services.runtime.process import run_until_stopped
+from runledger.services.runtime.health import HealthServer
+from runledger.services.runtime import kafka as clients
+from runledger.services.runtime.logs import configure
+from runledger.messages.codec import decode_command, decode_event, encode
+from runledger.messages.commands import Reply
+from runledger.settings import Settings
 
 GROUP_ID = "runledger-transitions"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.messages.commands import Rejection
+from runledger.messages.commands import Rejection
 
 
 @dataclass(frozen=True)

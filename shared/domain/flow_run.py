@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shared.domain.decisions import Accepted, Decision, Rejected, not_found
-from shared.domain.rules import Transition, check_transition
-from shared.domain.states import State, StateType, is_finished, is_running
-from shared.domain.versioning import check_version
-from shared.messages import commands as c
-from shared.messages import events as e
-from shared.messages.models import FlowRunSpec, PlannedTaskRun
+from runledger.domain.decisions import Accepted, Decision, Rejected, not_found
+from runledger.domain.rules import Transition, check_transition
+from runledger.domain.states import State, StateType, is_finished, is_running
+from runledger.domain.versioning import check_version
+from runledger.messages import commands as c
+from runledger.messages import events as e
+from runledger.messages.models import FlowRunSpec, PlannedTaskRun
 
 S = StateType
 

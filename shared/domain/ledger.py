@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.domain.decisions import Accepted
-from shared.domain.flow_run import FlowRun
-from shared.domain.registry import Registry
-from shared.messages.commands import CommandEnvelope, Rejection
-from shared.messages.events import EventEnvelope, VerdictRecorded
-from shared.topics import REGISTRY_AGGREGATE
+from runledger.domain.decisions import Accepted
+from runledger.domain.flow_run import FlowRun
+from runledger.domain.registry import Registry
+from runledger.messages.commands import CommandEnvelope, Rejection
+from runledger.messages.events import EventEnvelope, VerdictRecorded
+from runledger.topics import REGISTRY_AGGREGATE
 
 Aggregate = FlowRun | Registry
 

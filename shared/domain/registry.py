@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shared.domain.decisions import Accepted, Decision, Rejected, not_found
-from shared.messages import commands as c
-from shared.messages import events as e
-from shared.messages.commands import Rejection
+from runledger.domain.decisions import Accepted, Decision, Rejected, not_found
+from runledger.messages import commands as c
+from runledger.messages import events as e
+from runledger.messages.commands import Rejection
 
 UNIQUENESS = "Uniqueness violation."  # Prefect's client looks for this text
 

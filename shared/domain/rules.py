@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.domain.states import StateType, is_finished, is_running, is_scheduled
-from shared.messages.commands import Rejection
+from runledger.domain.states import StateType, is_finished, is_running, is_scheduled
+from runledger.messages.commands import Rejection
 
 S = StateType
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.api_models import CreateFlowRunRequest
-from shared.domain.names import two_word_name
-from shared.messages.models import FlowDefinition, FlowRunSpec, PlannedTaskRun
+from runledger.api_models import CreateFlowRunRequest
+from runledger.domain.names import two_word_name
+from runledger.messages.models import FlowDefinition, FlowRunSpec, PlannedTaskRun
 
 TASK_RUN_NAMESPACE = uuid.UUID("5b1f2c1e-8d0c-4a5e-9a59-7c1e3c2f0a11")
 

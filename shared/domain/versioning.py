@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.domain.states import StateType
-from shared.messages.commands import Rejection
+from runledger.domain.states import StateType
+from runledger.messages.commands import Rejection
 
 
 def check_version(expected: int | None, current: int, current_state: StateType, subject: str) -> Rejection | None:

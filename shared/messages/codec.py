@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 from pydantic import BaseModel
 
-from shared.messages.commands import CommandEnvelope, Reply
-from shared.messages.events import EventEnvelope
+from runledger.messages.commands import CommandEnvelope, Reply
+from runledger.messages.events import EventEnvelope
 
 
 def encode(message: BaseModel) -> bytes:

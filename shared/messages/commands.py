@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.domain.states import State
-from shared.messages.models import FlowDefinition, FlowRunSpec, PlannedTaskRun
+from runledger.domain.states import State
+from runledger.messages.models import FlowDefinition, FlowRunSpec, PlannedTaskRun
 
 SCHEMA_VERSION = 1
 

@@ -13,9 +13,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.domain.states import State
-from shared.messages.commands import Rejection
-from shared.messages.models import FlowDefinition, FlowRunSpec
+from runledger.domain.states import State
+from runledger.messages.commands import Rejection
+from runledger.messages.models import FlowDefinition, FlowRunSpec
 
 SCHEMA_VERSION = 1
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.domain.states import StateType, is_finished, is_running
-from shared.messages import events as e
-from shared.messages.events import EventEnvelope
-from shared.readmodel.keys import Keys
+from runledger.domain.states import StateType, is_finished, is_running
+from runledger.messages import events as e
+from runledger.messages.events import EventEnvelope
+from runledger.readmodel.keys import Keys
 
 
 def _iso(t: datetime | None) -> str | None:

@@ -6,9 +6,9 @@ import asyncio
 
 from aiokafka import TopicPartition
 
-from shared.kafka import clients
-from shared.settings import Settings
-from shared.topics import topics_for
+from runledger.services.runtime import kafka as clients
+from runledger.settings import Settings
+from runledger.topics import topics_for
 
 
 def settings_for(stack) -> Settings:
@@ -38,7 +38,7 @@ def events_in_log(stack) -> int:
 
 
 async def _read_events(stack) -> list:
-    from shared.messages.codec import decode_event
+    from runledger.messages.codec import decode_event
 
     settings = settings_for(stack)
     topics = topics_for(settings)

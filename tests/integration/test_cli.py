@@ -12,13 +12,13 @@ import time
 import httpx
 import pytest
 
-from services.devstack import free_port
+from runledger.services.devstack import free_port
 from tests.conftest import unique
 
 
 def cli(stack, *args, check=True):
     env = {**os.environ, "RUNLEDGER_URL": stack.api_url}
-    result = subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "runledger.services.cli", *args], env=env, capture_output=True, text=True, timeout=120)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -48,7 +48,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_it(tmp_path):
     port = free_port()
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing there: it starts its own
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "dev", "--port", str(port)],
+        [sys.executable, "-m", "runledger.services.cli", "dev", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines = []

@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
-from services.devstack import free_port
-from shared.domain.idempotency import scoped_key
-from shared.readmodel.keys import Keys
+from runledger.services.devstack import free_port
+from runledger.domain.idempotency import scoped_key
+from runledger.readmodel.keys import Keys
 from tests.conftest import register, unique
 
 KEYS = Keys("rl")

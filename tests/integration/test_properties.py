@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from shared.domain.decisions import Accepted
-from shared.domain.flow_run import FlowRun
-from shared.domain.states import State, StateType
-from shared.messages import commands as c
-from shared.messages.models import FlowRunSpec, PlannedTaskRun
+from runledger.domain.decisions import Accepted
+from runledger.domain.flow_run import FlowRun
+from runledger.domain.states import State, StateType
+from runledger.messages import commands as c
+from runledger.messages.models import FlowRunSpec, PlannedTaskRun
 from tests.conftest import register
 
 STATES = [t.value for t in StateType]

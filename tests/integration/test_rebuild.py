@@ -32,7 +32,7 @@ def test_rebuilt_read_models_equal_the_live_ones(stack, api, project, redis_clie
     live = snapshot(redis_client)
     assert any(b":flow_run:" in k for k in live) and any(b":checkpoint:" in k for k in live)
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "read-models", "rebuild", "--timeout", "120"],
+        [sys.executable, "-m", "runledger.services.cli", "read-models", "rebuild", "--timeout", "120"],
         env=stack.env(),
         capture_output=True,
         text=True,

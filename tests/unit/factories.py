@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from shared.domain.ledger import Ledger
-from shared.domain.states import State
-from shared.messages import commands as c
-from shared.messages.commands import CommandEnvelope
-from shared.messages.models import FlowRunSpec, PlannedTaskRun
+from runledger.domain.ledger import Ledger
+from runledger.domain.states import State
+from runledger.messages import commands as c
+from runledger.messages.commands import CommandEnvelope
+from runledger.messages.models import FlowRunSpec, PlannedTaskRun
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -1,5 +1,5 @@
 """An independent restatement of the Prefect 1.x state hierarchy and of RunLedger's transition
-policy, with literal sets rather than ``shared.domain`` helpers: the reference the tests check
+policy, with literal sets rather than ``runledger.domain`` helpers: the reference the tests check
 the production rules and aggregates against."""
 
 from __future__ import annotations

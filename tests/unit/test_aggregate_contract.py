@@ -7,15 +7,15 @@ import uuid
 
 import pytest
 
-from shared.domain.decisions import Accepted, Rejected
-from shared.domain.flow_run import FlowRun
-from shared.domain.ledger import Ledger
-from shared.domain.registry import UNIQUENESS, Registry
-from shared.domain.states import State, StateType
-from shared.messages import commands as c
-from shared.messages import events as e
-from shared.messages.models import FlowDefinition, PlannedTaskRun
-from shared.topics import REGISTRY_AGGREGATE
+from runledger.domain.decisions import Accepted, Rejected
+from runledger.domain.flow_run import FlowRun
+from runledger.domain.ledger import Ledger
+from runledger.domain.registry import UNIQUENESS, Registry
+from runledger.domain.states import State, StateType
+from runledger.messages import commands as c
+from runledger.messages import events as e
+from runledger.messages.models import FlowDefinition, PlannedTaskRun
+from runledger.topics import REGISTRY_AGGREGATE
 from tests.unit.factories import T0, at, envelope, set_state, set_task_state, spec
 
 S = StateType

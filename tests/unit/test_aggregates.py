@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from shared.domain.ledger import Ledger
-from shared.domain.states import State
-from shared.messages import commands as c
-from shared.messages.models import FlowDefinition
-from shared.topics import REGISTRY_AGGREGATE
+from runledger.domain.ledger import Ledger
+from runledger.domain.states import State
+from runledger.messages import commands as c
+from runledger.messages.models import FlowDefinition
+from runledger.topics import REGISTRY_AGGREGATE
 from tests.unit.factories import T0, at, envelope, ledger_with_run, set_state, set_task_state, spec
 
 
@@ -81,7 +81,7 @@ def test_task_runs_cannot_run_in_a_finished_flow_run():
 
 
 def test_get_or_create_of_a_mapped_child_is_idempotent():
-    from shared.messages.models import PlannedTaskRun
+    from runledger.messages.models import PlannedTaskRun
 
     ledger = ledger_with_run()
     planned = PlannedTaskRun(task_run_id="child-3", task_id="t0", task_slug="t0-1", map_index=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.readmodel.filters import matches, order
+from runledger.readmodel.filters import matches, order
 
 RUNS = [
     {"id": "a", "state": "Running", "version": 3, "timestamp": "2030-01-01T00:00:10+00:00", "project": {"name": "p"}},

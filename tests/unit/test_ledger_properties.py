@@ -3,7 +3,7 @@
 Random sequences of commands (state updates with right, stale, absent or wild versions, task-run
 updates, cancels, renames, mapped task runs, heartbeats, repeated and reused command ids, commands
 for runs that do not exist) go through ``Ledger.decide``. A small reference model, written here
-from the documented policy and independent of ``shared.domain``'s helpers, predicts every verdict
+from the documented policy and independent of ``runledger.domain``'s helpers, predicts every verdict
 and the resulting state. Then the log the ledger wrote is replayed, with duplicated records, into
 a fresh ledger and through the projection: both must end where the ledger did.
 """
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.domain.ledger import Answer, Ledger
-from shared.domain.states import State, StateType
-from shared.messages import commands as c
-from shared.messages.events import FlowRunStateSet, TaskRunStateSet
-from shared.messages.models import PlannedTaskRun
-from shared.readmodel.keys import Keys
-from shared.readmodel.projection import Changes, Projection
+from runledger.domain.ledger import Answer, Ledger
+from runledger.domain.states import State, StateType
+from runledger.messages import commands as c
+from runledger.messages.events import FlowRunStateSet, TaskRunStateSet
+from runledger.messages.models import PlannedTaskRun
+from runledger.readmodel.keys import Keys
+from runledger.readmodel.projection import Changes, Projection
 from tests.unit.factories import at, envelope, spec
 from tests.unit.oracle import FINISHED, RUNNING, violated
 

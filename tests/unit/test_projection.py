@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.messages import commands as c
-from shared.readmodel.keys import Keys
-from shared.readmodel.projection import Changes, Projection
+from runledger.messages import commands as c
+from runledger.readmodel.keys import Keys
+from runledger.readmodel.projection import Changes, Projection
 from tests.unit.factories import at, envelope, set_state, set_task_state
 
 K = Keys("rl")
@@ -18,7 +18,7 @@ def project(envelopes, docs=None):
 
 def test_documents_follow_the_run():
     log = []
-    from shared.domain.ledger import Ledger
+    from runledger.domain.ledger import Ledger
     from tests.unit.factories import spec
 
     ledger = Ledger()
@@ -44,7 +44,7 @@ def test_documents_follow_the_run():
 
 
 def test_duplicated_records_are_applied_once():
-    from shared.domain.ledger import Ledger
+    from runledger.domain.ledger import Ledger
     from tests.unit.factories import spec
 
     ledger = Ledger()
@@ -56,7 +56,7 @@ def test_duplicated_records_are_applied_once():
 
 
 def test_projection_is_deterministic():
-    from shared.domain.ledger import Ledger
+    from runledger.domain.ledger import Ledger
     from tests.unit.factories import spec
 
     ledger = Ledger()

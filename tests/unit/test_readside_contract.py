@@ -9,18 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.api_models import CreateFlowRunRequest, SetStateRequest, StateInput, as_utc
-from shared.domain.idempotency import PENDING_PREFIX, Action, claim_value, interpret_claim, scoped_key
-from shared.domain.ledger import Ledger
-from shared.domain.run_requests import RequestError, choose_flow_by_name, merge_parameters, resolve_flow_run, resolve_labels
-from shared.domain.states import State, StateType
-from shared.messages import commands as c
-from shared.messages.codec import decode_command, decode_event, decode_reply, encode
-from shared.messages.commands import Rejection, Reply
-from shared.messages.models import FlowDefinition, ParameterSpec, TaskSpec
-from shared.readmodel.keys import Keys
-from shared.readmodel.projection import Changes, Projection
-from shared.topics import REGISTRY_AGGREGATE
+from runledger.api_models import CreateFlowRunRequest, SetStateRequest, StateInput, as_utc
+from runledger.domain.idempotency import PENDING_PREFIX, Action, claim_value, interpret_claim, scoped_key
+from runledger.domain.ledger import Ledger
+from runledger.domain.run_requests import RequestError, choose_flow_by_name, merge_parameters, resolve_flow_run, resolve_labels
+from runledger.domain.states import State, StateType
+from runledger.messages import commands as c
+from runledger.messages.codec import decode_command, decode_event, decode_reply, encode
+from runledger.messages.commands import Rejection, Reply
+from runledger.messages.models import FlowDefinition, ParameterSpec, TaskSpec
+from runledger.readmodel.keys import Keys
+from runledger.readmodel.projection import Changes, Projection
+from runledger.topics import REGISTRY_AGGREGATE
 from tests.unit.factories import T0, at, envelope, set_state, set_task_state, spec
 
 K = Keys("rl")

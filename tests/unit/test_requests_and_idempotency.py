@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from shared.api_models import CreateFlowRunRequest
-from shared.domain.idempotency import Action, claim_value, interpret_claim
-from shared.domain.names import two_word_name
-from shared.domain.run_requests import RequestError, choose_flow_by_name, resolve_flow_run, task_run_id_for
-from shared.messages.codec import decode_command, decode_event, encode
-from shared.messages.models import FlowDefinition, ParameterSpec, TaskSpec
+from runledger.api_models import CreateFlowRunRequest
+from runledger.domain.idempotency import Action, claim_value, interpret_claim
+from runledger.domain.names import two_word_name
+from runledger.domain.run_requests import RequestError, choose_flow_by_name, resolve_flow_run, task_run_id_for
+from runledger.messages.codec import decode_command, decode_event, encode
+from runledger.messages.models import FlowDefinition, ParameterSpec, TaskSpec
 from tests.unit.factories import T0, envelope, ledger_with_run, set_state
 
 

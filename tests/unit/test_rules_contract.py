@@ -7,10 +7,10 @@ import itertools
 
 import pytest
 
-from shared.domain import rules
-from shared.domain.rules import FLOW_RUN_RULES, TASK_RUN_RULES, Transition, check_transition
-from shared.domain.states import PARENT, State, StateType, is_a, is_finished, is_running, is_scheduled
-from shared.domain.versioning import check_version
+from runledger.domain import rules
+from runledger.domain.rules import FLOW_RUN_RULES, TASK_RUN_RULES, Transition, check_transition
+from runledger.domain.states import PARENT, State, StateType, is_a, is_finished, is_running, is_scheduled
+from runledger.domain.versioning import check_version
 from tests.unit.oracle import FINISHED, PREFECT_1_BASES, RUNNING, SCHEDULED, violated
 
 S = StateType

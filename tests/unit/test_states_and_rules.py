@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.domain import rules
-from shared.domain.rules import Transition, check_transition
-from shared.domain.states import STATES_WITH_START_TIME, StateType, is_a, is_finished, is_running, is_scheduled
-from shared.domain.versioning import check_version
+from runledger.domain import rules
+from runledger.domain.rules import Transition, check_transition
+from runledger.domain.states import STATES_WITH_START_TIME, StateType, is_a, is_finished, is_running, is_scheduled
+from runledger.domain.versioning import check_version
 
 S = StateType
 PREFECT_1_STATES = (

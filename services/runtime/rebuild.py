@@ -7,10 +7,10 @@ import asyncio
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
-from shared.kafka import clients
-from shared.readmodel.keys import Keys
-from shared.settings import Settings
-from shared.topics import topics_for
+from runledger.services.runtime import kafka as clients
+from runledger.readmodel.keys import Keys
+from runledger.settings import Settings
+from runledger.topics import topics_for
 
 
 async def rebuild_read_models(settings: Settings, timeout: float = 300.0) -> dict[str, int]:

@@ -13,15 +13,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from shared.settings import Settings
-from shared.topics import Topics, topics_for
+from runledger.settings import Settings
+from runledger.topics import Topics, topics_for
 
 log = logging.getLogger(__name__)
 
 
 def prepare(settings: Settings) -> None:
     if settings.embedded_broker:
-        from shared.kafka import tansu_compat
+        from runledger.services.runtime import tansu_compat
 
         tansu_compat.apply()
 

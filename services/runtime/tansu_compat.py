@@ -4,7 +4,7 @@
 Findings in ../shared/research/tansu.md. The three fixes:
 
 1. Slow joins: Tansu holds JoinGroup for session_timeout/2. Not a patch: the embedded profile
-   in ``shared.settings`` uses a short session timeout and a 10 ms fetch wait (Tansu's long
+   in ``runledger.settings`` uses a short session timeout and a 10 ms fetch wait (Tansu's long
    poll sleeps remaining/2 instead of waking on data).
 2. LeaveGroup: Tansu numbers the first generation 0, and aiokafka only leaves when
    generation > 0, so a restarted sole member waits ~2 session timeouts. We leave at >= 0.

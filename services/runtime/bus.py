@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
-from shared.kafka import clients
-from shared.messages.codec import decode_reply, encode
-from shared.messages.commands import CommandEnvelope, Reply, ReplyTo
-from shared.readmodel.keys import Keys
-from shared.settings import Settings
+from runledger.services.runtime import kafka as clients
+from runledger.messages.codec import decode_reply, encode
+from runledger.messages.commands import CommandEnvelope, Reply, ReplyTo
+from runledger.readmodel.keys import Keys
+from runledger.settings import Settings
 
 
 class CommandTimeout(Exception):

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from shared.domain.idempotency import ClaimResult, claim_value, interpret_claim, scoped_key
-from shared.readmodel.keys import Keys
+from runledger.domain.idempotency import ClaimResult, claim_value, interpret_claim, scoped_key
+from runledger.readmodel.keys import Keys
 
 Doc = dict[str, Any]
 

@@ -1,1 +1,0 @@
-"""Kafka client construction (aiokafka) from settings; broker quirks kept in tansu_compat."""
