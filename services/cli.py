@@ -80,7 +80,7 @@ def create_topics() -> None:
     from runledger.settings import Settings
 
     topics = asyncio.run(ensure_topics(Settings()))
-    typer.echo(f"topics ready: {', '.join(name for name, _ in topics.all())}")
+    typer.echo(f"topics ready: {', '.join(t.name for t in topics.all())}")
 
 
 @read_models.command("rebuild")

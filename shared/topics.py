@@ -1,41 +1,94 @@
-"""Topic names, partition counts and message keys: the one place that names them.
+"""Every Kafka topic, declared once: name, partition count, message key, value type and the
+consumer groups that read it. Adding a topic or a consumer group is one entry here.
 
-Commands and events are keyed by aggregate id (a flow-run id, or ``REGISTRY_AGGREGATE``).
-The writer puts each event on the *same partition number* as the command that caused it,
-so a flow run's commands and events always meet in one writer partition.
+Commands and events are keyed by aggregate id (a flow-run id, or ``REGISTRY_AGGREGATE``). The
+writer puts each event on the *same partition number* as the command that caused it, so a flow
+run's commands and events always meet in one writer partition; commands and events therefore
+share one partition count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import BaseModel
+
+from runledger.messages.commands import CommandEnvelope, Reply
+from runledger.messages.dead_letter import DeadLetter
+from runledger.messages.events import EventEnvelope
 from runledger.settings import Settings
 
 REGISTRY_AGGREGATE = "registry"
 
 
 @dataclass(frozen=True)
-class Topics:
-    commands: str
-    events: str
-    replies: str
-    partitions: int
-    reply_partitions: int
+class ConsumerGroup:
+    id: str
+    service: str
 
-    def all(self) -> list[tuple[str, int]]:
-        return [
-            (self.commands, self.partitions),
-            (self.events, self.partitions),
-            (self.replies, self.reply_partitions),
-        ]
+
+TRANSITIONS = ConsumerGroup("runledger-transitions", "transitions")
+PROJECTOR = ConsumerGroup("runledger-projector", "projector")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str  # the topic is named ``{settings.topic_prefix}.{suffix}``
+    partitions: Literal["aggregate", "replies", "one"]  # which partition count it takes
+    key: str  # what the record key is
+    value: type[BaseModel]
+    groups: tuple[ConsumerGroup, ...] = ()
+    compacted: bool = False
+    doc: str = ""
+
+
+COMMANDS = TopicSpec(
+    "commands", "aggregate", "aggregate id", CommandEnvelope, (TRANSITIONS,),
+    doc="requests to the single writer; partitioned by aggregate id",
+)
+EVENTS = TopicSpec(
+    "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR,),
+    doc="the system of record; the partition number of the command that caused each event",
+)
+REPLIES = TopicSpec(
+    "replies", "replies", "none (partition chosen by the caller's instance id)", Reply,
+    doc="the writer's verdicts; each ingress reads its own partition by manual assignment",
+)
+DEAD_LETTERS = TopicSpec(
+    "dead-letters", "one", "source topic", DeadLetter,
+    doc="messages a consumer could decode but not handle, with the error; set aside, never retried",
+)
+
+TOPIC_SPECS: tuple[TopicSpec, ...] = (COMMANDS, EVENTS, REPLIES, DEAD_LETTERS)
+
+
+@dataclass(frozen=True)
+class Topic:
+    spec: TopicSpec
+    name: str
+    partitions: int
+
+
+class Topics:
+    """The declared topics bound to one deployment's settings (prefix and partition counts)."""
+
+    def __init__(self, settings: Settings) -> None:
+        counts = {"aggregate": settings.partitions, "replies": settings.reply_partitions, "one": 1}
+        self._by_spec = {
+            spec: Topic(spec, f"{settings.topic_prefix}.{spec.suffix}", counts[spec.partitions]) for spec in TOPIC_SPECS
+        }
+        self.commands = self._by_spec[COMMANDS]
+        self.events = self._by_spec[EVENTS]
+        self.replies = self._by_spec[REPLIES]
+        self.dead_letters = self._by_spec[DEAD_LETTERS]
+
+    def __getitem__(self, spec: TopicSpec) -> Topic:
+        return self._by_spec[spec]
+
+    def all(self) -> list[Topic]:
+        return list(self._by_spec.values())
 
 
 def topics_for(settings: Settings) -> Topics:
-    p = settings.topic_prefix
-    return Topics(
-        commands=f"{p}.commands",
-        events=f"{p}.events",
-        replies=f"{p}.replies",
-        partitions=settings.partitions,
-        reply_partitions=settings.reply_partitions,
-    )
+    return Topics(settings)

@@ -13,61 +13,50 @@ import asyncio
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
+from pydantic import ValidationError
 from redis.exceptions import WatchError
 
-from runledger.services.runtime.process import run_until_stopped
-from runledger.services.runtime.health import HealthServer
-from runledger.services.runtime import kafka as clients
-from runledger.services.runtime.logs import configure
 from runledger.messages.codec import decode_event
 from runledger.readmodel.keys import Keys
 from runledger.readmodel.projection import Changes, Projection
+from runledger.services.runtime.consumer import ConsumerService
+from runledger.services.runtime.process import run_until_stopped
 from runledger.settings import Settings
+from runledger.topics import PROJECTOR
 
-GROUP_ID = "runledger-projector"
 
+class ProjectorService(ConsumerService):
+    group = PROJECTOR
+    max_records = 2000
+    REALIGN_SECONDS = 0.5
 
-class ProjectorService:
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.log = configure("projector", settings.log_level, settings.log_json)
+        super().__init__(settings)
         self.keys = Keys(settings.redis_prefix)
         self.projection = Projection(self.keys)
         self.redis = aioredis.from_url(settings.redis_url)
-        self.ready = False
-        self.stopping = asyncio.Event()
-        self.applied = 0
+        self._last_realign = 0.0
 
-    async def run(self) -> None:
-        await clients.wait_for_broker(self.settings)
-        self.topics = await clients.ensure_topics(self.settings)
-        self.consumer = clients.consumer(self.settings, group_id=GROUP_ID, max_poll_records=2000)
-        health = HealthServer(self.settings.health_port, lambda: self.ready, self._details)
-        await health.start()
-        self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
-        await self.consumer.start()
-        self.log.info("started", topic=self.topics.events)
-        try:
-            last_realign = 0.0
-            loop = asyncio.get_running_loop()
-            while not self.stopping.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
-                for tp, records in batch.items():
-                    await self.apply(tp, records)
-                if not batch and loop.time() - last_realign > self.REALIGN_SECONDS:
-                    await self.realign()
-                    last_realign = loop.time()
-        finally:
-            self.ready = False
-            await self.consumer.stop()
-            await health.stop()
-            await self.redis.aclose()
+    def source(self):
+        return self.topics.events
 
-    def _details(self) -> dict:
-        return {"service": "projector", "applied": self.applied}
+    async def stop_resources(self) -> None:
+        await self.redis.aclose()
 
-    REALIGN_SECONDS = 0.5
+    def details(self) -> dict:
+        return {"applied": self.handled}
+
+    async def handle(self, batch: dict) -> None:
+        for tp, records in batch.items():
+            await self.apply(tp, records)
+        loop = asyncio.get_running_loop()
+        if not batch and loop.time() - self._last_realign > self.REALIGN_SECONDS:
+            await self.realign()
+            self._last_realign = loop.time()
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        await self.seek_to_checkpoints([TopicPartition(self.topics.events.name, p) for p in partitions])
 
     async def realign(self) -> None:
         """When idle, notice dropped read models (checkpoint behind our position) and replay."""
@@ -104,13 +93,7 @@ class ProjectorService:
                     if fresh[0].offset > position:  # read models were dropped: replay from there
                         self.consumer.seek(tp, position)
                         return
-                    envelopes = [decode_event(r.value) for r in fresh]
-                    needed = list(dict.fromkeys(k for env in envelopes for k in self.projection.keys_needed(env)))
-                    loaded = await pipe.mget(needed)
-                    docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(needed, loaded)}
-                    changes = Changes()
-                    for env in envelopes:
-                        self.projection.apply(env, docs, changes)
+                    changes = await self._project(pipe, fresh)
                     end = fresh[-1].offset + 1
                     pipe.multi()
                     if changes.docs:
@@ -124,22 +107,50 @@ class ProjectorService:
                     pipe.set(checkpoint_key, end)
                     pipe.publish(self.keys.progress_channel, f"{tp.partition}:{end}")
                     await pipe.execute()
-                    self.applied += len(fresh)
+                    self.handled += len(fresh)
                     return
             except WatchError:
                 continue
 
+    async def _project(self, pipe, records) -> Changes:
+        """The changes ``records`` make, loading the documents they need. A record that cannot be
+        decoded or projected goes to the dead-letter topic (before the checkpoint passes it) and
+        contributes nothing; the rest of the batch is applied."""
+        envelopes = []
+        for record in records:
+            try:
+                envelopes.append((record, decode_event(record.value)))
+            except (ValidationError, ValueError) as exc:
+                await self.dead_letter(record, "decode", exc)
+        needed: dict[str, None] = {}
+        for record, env in list(envelopes):
+            try:
+                needed.update(dict.fromkeys(self.projection.keys_needed(env)))
+            except Exception as exc:
+                await self.dead_letter(record, "project", exc)
+                envelopes.remove((record, env))
+        keys = list(needed)
+        loaded = await pipe.mget(keys) if keys else []
+        docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(keys, loaded)}
+        changes = Changes()
+        try:
+            for _, env in envelopes:
+                self.projection.apply(env, docs, changes)
+            return changes
+        except Exception:
+            pass  # rare: redo one event at a time, so only the bad one is set aside
+        docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(keys, loaded)}
+        changes = Changes()
+        for record, env in envelopes:
+            trial_docs, trial = dict(docs), changes.copy()
+            try:
+                self.projection.apply(env, trial_docs, trial)
+            except Exception as exc:
+                await self.dead_letter(record, "project", exc)
+                continue
+            docs, changes = trial_docs, trial
+        return changes
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, service: ProjectorService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        self.service.ready = False
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        await self.service.seek_to_checkpoints(sorted(assigned))
-        self.service.ready = True
 
 
 def main() -> None:

@@ -13,13 +13,18 @@ import zlib
 from datetime import datetime, timezone
 
 import redis.asyncio as aioredis
+import structlog
 from aiokafka import TopicPartition
+from pydantic import ValidationError
 
 from runledger.services.runtime import kafka as clients
 from runledger.messages.codec import decode_reply, encode
 from runledger.messages.commands import CommandEnvelope, Reply, ReplyTo
 from runledger.readmodel.keys import Keys
 from runledger.settings import Settings
+
+
+log = structlog.get_logger(component="command_bus")
 
 
 class CommandTimeout(Exception):
@@ -105,20 +110,21 @@ class CommandBus:
         self.keys = keys
         self._pending: dict[str, asyncio.Future] = {}
         self.ready = False
+        self.malformed_replies = 0
 
     async def start(self) -> None:
         await clients.wait_for_broker(self.settings)
         self.topics = await clients.ensure_topics(self.settings)
-        self.reply_partition = zlib.crc32(self.settings.instance_id.encode()) % self.topics.reply_partitions
-        self.reply_to = ReplyTo(topic=self.topics.replies, partition=self.reply_partition)
+        self.reply_partition = zlib.crc32(self.settings.instance_id.encode()) % self.topics.replies.partitions
+        self.reply_to = ReplyTo(topic=self.topics.replies.name, partition=self.reply_partition)
         self.producer = clients.producer(self.settings, linger_ms=1)
         self.replies = clients.consumer(self.settings)
         await asyncio.gather(self.producer.start(), self.replies.start())
-        tp = TopicPartition(self.topics.replies, self.reply_partition)
+        tp = TopicPartition(self.topics.replies.name, self.reply_partition)
         self.replies.assign([tp])
         await self.replies.seek_to_end(tp)
         await self.replies.position(tp)  # resolve now: no reply to a later command may be skipped
-        self.tracker = ProjectionTracker(self.redis, self.keys, self.topics.partitions)
+        self.tracker = ProjectionTracker(self.redis, self.keys, self.topics.events.partitions)
         await self.tracker.start()
         self._reader = asyncio.create_task(self._read_replies())
         self.ready = True
@@ -130,12 +136,24 @@ class CommandBus:
         await self.tracker.stop()
         await asyncio.gather(self.producer.stop(), self.replies.stop())
 
+    @property
+    def healthy(self) -> bool:
+        """Started, and the reply reader is still running."""
+        return self.ready and not self._reader.done()
+
     async def _read_replies(self) -> None:
         while True:
             batch = await self.replies.getmany(timeout_ms=500, max_records=1000)
             for records in batch.values():
                 for record in records:
-                    reply = decode_reply(record.value)
+                    try:
+                        reply = decode_reply(record.value)
+                    except (ValidationError, ValueError) as exc:
+                        # Not ours to set aside (the writer answers; nobody re-reads replies):
+                        # log it and go on, so one bad record cannot stop every caller's answers.
+                        self.malformed_replies += 1
+                        log.error("malformed reply skipped", partition=record.partition, offset=record.offset, error=str(exc)[:500])
+                        continue
                     future = self._pending.get(reply.command_id)
                     if future is not None and not future.done():
                         future.set_result(reply)
@@ -155,7 +173,7 @@ class CommandBus:
         future = asyncio.get_running_loop().create_future()
         self._pending[command.command_id] = future
         try:
-            await self.producer.send_and_wait(self.topics.commands, encode(command), key=aggregate_id.encode())
+            await self.producer.send_and_wait(self.topics.commands.name, encode(command), key=aggregate_id.encode())
             try:
                 reply = await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:

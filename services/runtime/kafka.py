@@ -83,21 +83,26 @@ async def ensure_topics(settings: Settings) -> Topics:
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
-            for name, n in topics.all()
-            if name not in existing
+            NewTopic(
+                t.name,
+                num_partitions=t.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if t.spec.compacted else {},
+            )
+            for t in topics.all()
+            if t.name not in existing
         ]
         if missing:
             try:
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
-        described = await admin.describe_topics([name for name, _ in topics.all()])
+        described = await admin.describe_topics([t.name for t in topics.all()])
         counts = {d["topic"]: len(d["partitions"]) for d in described}
-        for name, wanted in topics.all():
-            if counts.get(name) != wanted:
+        for t in topics.all():
+            if counts.get(t.name) != t.partitions:
                 raise RuntimeError(
-                    f"topic {name} has {counts.get(name)} partitions, settings say {wanted}; "
+                    f"topic {t.name} has {counts.get(t.name)} partitions, settings say {t.partitions}; "
                     "commands and events must have the same partition count"
                 )
         return topics

@@ -20,7 +20,7 @@ async def rebuild_read_models(settings: Settings, timeout: float = 300.0) -> dic
     consumer = clients.consumer(settings)
     await consumer.start()
     try:
-        tps = [TopicPartition(topics.events, p) for p in range(topics.partitions)]
+        tps = [TopicPartition(topics.events.name, p) for p in range(topics.events.partitions)]
         # The fence pauses the projector (it watches the key) while the documents go.
         await redis.set(keys.rebuild_fence, "1", ex=600)
         dropped = 0

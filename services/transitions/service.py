@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from pydantic import ValidationError
 
-from runledger.domain.ledger import Ledger
-from runledger.services.runtime.process import run_until_stopped
-from runledger.services.runtime.health import HealthServer
-from runledger.services.runtime import kafka as clients
-from runledger.services.runtime.logs import configure
+from runledger.domain.ledger import Answer, Ledger
 from runledger.messages.codec import decode_command, decode_event, encode
-from runledger.messages.commands import Reply
+from runledger.messages.commands import Rejection, Reply
+from runledger.services.runtime.consumer import ConsumerService
+from runledger.services.runtime.kafka import consumer as kafka_consumer
+from runledger.services.runtime.process import run_until_stopped
 from runledger.settings import Settings
-
-GROUP_ID = "runledger-transitions"
+from runledger.topics import TRANSITIONS
 
 
 class PartitionBook:
@@ -33,42 +31,42 @@ class PartitionBook:
         self.next_event_offset = 0
 
 
-class TransitionsService:
+class TransitionsService(ConsumerService):
+    group = TRANSITIONS
+    max_records = 1000
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.log = configure("transitions", settings.log_level, settings.log_json)
+        super().__init__(settings)
         self.books: dict[int, PartitionBook] = {}
         self.lock = asyncio.Lock()
-        self.ready = False
-        self.stopping = asyncio.Event()
-        self.processed = 0
 
-    # -- lifecycle ----------------------------------------------------------------------------
-    async def run(self) -> None:
-        await clients.wait_for_broker(self.settings)
-        self.topics = await clients.ensure_topics(self.settings)
-        self.producer = clients.producer(self.settings, linger_ms=0)
-        self.reader = clients.consumer(self.settings)  # replays events; no group
-        self.consumer = clients.consumer(self.settings, group_id=GROUP_ID, max_poll_records=1000)
-        health = HealthServer(self.settings.health_port, lambda: self.ready, self._details)
-        await asyncio.gather(self.producer.start(), self.reader.start(), health.start())
-        self.consumer.subscribe([self.topics.commands], listener=_Rebalance(self))
-        await self.consumer.start()
-        self.log.info("started", bootstrap=self.settings.kafka_bootstrap, topic=self.topics.commands)
-        try:
-            while not self.stopping.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=1000)
-                if batch:
-                    async with self.lock:
-                        await self._process(batch)
-        finally:
-            self.ready = False
-            await self.consumer.stop()
-            await asyncio.gather(self.producer.stop(), self.reader.stop(), health.stop())
-            self.log.info("stopped", processed=self.processed)
+    def source(self):
+        return self.topics.commands
 
-    def _details(self) -> dict:
-        return {"service": "transitions", "partitions": sorted(self.books), "processed": self.processed}
+    async def start_resources(self) -> None:
+        self.reader = kafka_consumer(self.settings)  # replays events; no group
+        await self.reader.start()
+
+    async def stop_resources(self) -> None:
+        await self.reader.stop()
+
+    def details(self) -> dict:
+        return {"partitions": sorted(self.books)}
+
+    async def handle(self, batch: dict) -> None:
+        if batch:
+            async with self.lock:
+                await self._process(batch)
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        async with self.lock:  # let an in-flight batch finish before ownership moves
+            pass
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        # aiokafka may already be fetching commands for these partitions: the replay holds the
+        # same lock as command processing, so no command is decided on a half-rebuilt ledger.
+        async with self.lock:
+            await self.catch_up(partitions)
 
     # -- rebuilding from the log --------------------------------------------------------------
     async def catch_up(self, partitions: list[int]) -> None:
@@ -76,7 +74,7 @@ class TransitionsService:
         for p in list(self.books):
             if p not in partitions:
                 del self.books[p]
-        tps = [TopicPartition(self.topics.events, p) for p in partitions]
+        tps = [TopicPartition(self.topics.events.name, p) for p in partitions]
         if not tps:
             return
         started = asyncio.get_running_loop().time()
@@ -93,7 +91,10 @@ class TransitionsService:
                 book = self.books[tp.partition]
                 for record in records:
                     if record.offset < end[tp]:
-                        book.ledger.replay(decode_event(record.value))
+                        try:
+                            book.ledger.replay(decode_event(record.value))
+                        except Exception as exc:  # not ours to fix here; never a crash loop
+                            await self.dead_letter(record, "replay", exc)
                         book.next_event_offset = record.offset + 1
                         replayed += 1
                 if book.next_event_offset >= end[tp]:
@@ -117,9 +118,15 @@ class TransitionsService:
                 try:
                     command = decode_command(record.value)
                 except (ValidationError, ValueError) as exc:
-                    self.log.error("undecodable command skipped", partition=tp.partition, offset=record.offset, error=str(exc)[:500])
+                    await self.dead_letter(record, "decode", exc)
                     continue
-                answer = book.ledger.decide(command, now)
+                try:
+                    answer = book.ledger.decide(command, now)
+                except Exception as exc:  # a command the ledger cannot decide: never a crash loop
+                    await self.dead_letter(record, "handle", exc)
+                    answer = Answer(command.command_id, [], rejection=Rejection(
+                        code="INVALID", message=f"the command could not be decided and was set aside: {type(exc).__name__}"
+                    ))
                 if answer.rejection is not None and answer.rejection.code == "NOT_FOUND":
                     # The ingress checks existence first, so this means a stale read model or a lost log.
                     self.log.warning(
@@ -132,7 +139,7 @@ class TransitionsService:
                     )
                 sends = [
                     await self.producer.send(
-                        self.topics.events, encode(env), key=command.aggregate_id.encode(), partition=tp.partition
+                        self.topics.events.name, encode(env), key=command.aggregate_id.encode(), partition=tp.partition
                     )
                     for env in answer.events
                 ]
@@ -163,24 +170,7 @@ class TransitionsService:
         if replies:
             await asyncio.gather(*replies)
         await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items() if tp.partition in self.books})
-        self.processed += len(pending)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, service: TransitionsService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        async with self.service.lock:  # let an in-flight batch finish before ownership moves
-            self.service.ready = False
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        # aiokafka may already be fetching commands for these partitions: the replay holds the
-        # same lock as command processing, so no command is decided on a half-rebuilt ledger.
-        async with self.service.lock:
-            await self.service.catch_up(sorted(tp.partition for tp in assigned))
-            self.service.ready = True
-
+        self.handled += len(pending)
 
 def main() -> None:
     run_until_stopped(TransitionsService(Settings()))

@@ -33,6 +33,9 @@ class Changes:
     sadd: list[tuple[str, str]] = field(default_factory=list)
     hset: list[tuple[str, str, str]] = field(default_factory=list)
 
+    def copy(self) -> "Changes":
+        return Changes(dict(self.docs), list(self.zadd), list(self.sadd), list(self.hset))
+
 
 class Projection:
     def __init__(self, keys: Keys) -> None:

@@ -26,7 +26,7 @@ async def _events_end(stack) -> int:
     consumer = clients.consumer(settings)
     await consumer.start()
     try:
-        ends = await consumer.end_offsets([TopicPartition(topics.events, p) for p in range(topics.partitions)])
+        ends = await consumer.end_offsets([TopicPartition(topics.events.name, p) for p in range(topics.events.partitions)])
         return sum(ends.values())
     finally:
         await consumer.stop()
@@ -45,7 +45,7 @@ async def _read_events(stack) -> list:
     consumer = clients.consumer(settings)
     await consumer.start()
     try:
-        tps = [TopicPartition(topics.events, p) for p in range(topics.partitions)]
+        tps = [TopicPartition(topics.events.name, p) for p in range(topics.events.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
