@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 
 from runledger.services.ingress.application import Application, CommandRejected
+from runledger.services.ingress.errors import http_status
 from runledger.services.runtime.bus import CommandBus, CommandTimeout
 from runledger.services.ingress.rest import router
 from runledger.services.runtime.stores import IdempotencyStore, ReadModels
@@ -17,8 +18,6 @@ from runledger.domain.run_requests import RequestError
 from runledger.services.runtime.logs import configure
 from runledger.readmodel.keys import Keys
 from runledger.settings import Settings
-
-REJECTION_STATUS = {"VERSION_MISMATCH": 409, "TRANSITION_REJECTED": 409, "CONFLICT": 409, "NOT_FOUND": 404, "INVALID": 422}
 
 
 class BodyLimit:
@@ -117,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def rejected(request: Request, exc: CommandRejected):
         r = exc.rejection
         body = {"detail": r.message, "code": r.code, "rule": r.rule, "field": r.field, **r.details}
-        return ORJSONResponse(body, status_code=REJECTION_STATUS[r.code])
+        return ORJSONResponse(body, status_code=http_status(r.code))
 
     @app.exception_handler(CommandTimeout)
     async def timeout(request: Request, exc: CommandTimeout):

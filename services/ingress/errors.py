@@ -1,0 +1,25 @@
+"""The one table of how a domain rejection (``Rejection.code``) is answered on each transport.
+
+REST answers with ``http_status(code)``; GraphQL answers with HTTP 200 and an error whose
+``extensions.code`` is ``graphql_code(code)`` (Prefect 1.x clients look for "VERSION_LOCKING_ERROR").
+tests/unit/test_rejection_table.py checks that every code has a row.
+"""
+
+from __future__ import annotations
+
+REJECTIONS: dict[str, tuple[int, str]] = {
+    # code: (HTTP status, GraphQL extensions.code)
+    "VERSION_MISMATCH": (409, "VERSION_LOCKING_ERROR"),
+    "TRANSITION_REJECTED": (409, "TRANSITION_REJECTED"),
+    "CONFLICT": (409, "CONFLICT"),
+    "NOT_FOUND": (404, "NOT_FOUND"),
+    "INVALID": (422, "INVALID"),
+}
+
+
+def http_status(code: str) -> int:
+    return REJECTIONS[code][0]
+
+
+def graphql_code(code: str) -> str:
+    return REJECTIONS[code][1]

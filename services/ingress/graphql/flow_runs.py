@@ -1,0 +1,140 @@
+"""Flow runs: reads, creation (both spellings), state changes, cancel, rename, heartbeat, and the
+nested ``flow_run.flow`` / ``.states`` / ``.task_runs``."""
+
+from __future__ import annotations
+
+from ariadne import MutationType, ObjectType, QueryType
+
+from runledger import api_models as api
+from runledger.services.ingress.application import public
+from runledger.services.ingress.graphql.coercion import json_object, snake, state_input
+from runledger.services.ingress.graphql.errors import error, translate_errors
+from runledger.services.ingress.graphql.views import (
+    SCAN_LIMIT,
+    anchor,
+    app_of,
+    flow_views,
+    page,
+    state_view,
+    task_run_view,
+    with_state_fields,
+)
+
+query, mutation, flow_run_type = QueryType(), MutationType(), ObjectType("flow_run")
+
+
+# -- reads ---------------------------------------------------------------------------------------
+@query.field("flow_run_by_pk")
+@translate_errors
+async def resolve_flow_run_by_pk(_, info, id):
+    doc = await app_of(info).read.flow_run(id)
+    return with_state_fields(public(doc)) if doc else None
+
+
+@query.field("flow_run")
+@translate_errors
+async def resolve_flow_runs(_, info, where=None, order_by=None, limit=None, offset=None):
+    app = app_of(info)
+    where = json_object(where, "where")
+    if (ids := anchor(where, "id")) is not None:
+        docs = await app.read.flow_runs(ids)
+    elif (flow_ids := anchor(where, "flow_id")) is not None:
+        docs = []
+        for flow_id in flow_ids:
+            docs += (await app.read.runs_of_flow(flow_id, 0, SCAN_LIMIT))[0]
+    else:
+        docs = await app.read.recent_flow_runs(0, SCAN_LIMIT)
+    views = [with_state_fields(public(d)) for d in docs]
+    return page(views, where, order_by, limit, offset, _related_of_flow_run(views))
+
+
+def _related_of_flow_run(views):
+    def related(doc, name):
+        if name == "states":
+            return [state_view(e) for e in doc["_state_entries"]]
+        raise ValueError(f"filtering flow runs on {name!r} is not supported")
+
+    return related
+
+
+# -- nested fields -------------------------------------------------------------------------------
+@flow_run_type.field("flow")
+async def resolve_run_flow(run, info):
+    doc = await app_of(info).read.flow(run["flow_id"])
+    return (await flow_views(app_of(info), [doc]))[0] if doc else None
+
+
+@flow_run_type.field("states")
+async def resolve_states(run, info, where=None, order_by=None):
+    views = [state_view(e) for e in run["_state_entries"]]
+    return page(views, json_object(where, "where"), order_by, None, None)
+
+
+@flow_run_type.field("task_runs")
+async def resolve_run_task_runs(run, info, where=None, order_by=None, limit=None):
+    docs = await app_of(info).read.task_runs(run["task_run_ids"])
+    views = [task_run_view(d) for d in docs]
+    return page(views, json_object(where, "where"), order_by, limit, None, lambda doc, name: doc["task"] if name == "task" else None)
+
+
+# -- mutations -----------------------------------------------------------------------------------
+@mutation.field("create_flow_run")
+@mutation.field("createFlowRun")
+@translate_errors
+async def resolve_create_flow_run(_, info, input):
+    data = snake(input)
+    # Prefect's docs also call the version group the "flow group" (seed 003); they are one id here.
+    if (group_id := data.pop("flow_group_id", None)) is not None:
+        if data.get("version_group_id") not in (None, group_id):
+            raise error("give flow_group_id or version_group_id, not two different ids", "BAD_USER_INPUT", field="flow_group_id")
+        data["version_group_id"] = group_id
+    for name in ("parameters", "context", "run_config"):
+        data[name] = json_object(data.get(name), name)
+    request = api.CreateFlowRunRequest.model_validate({k: v for k, v in data.items() if v is not None})
+    run, deduplicated = await app_of(info).create_flow_run(request)
+    return {"id": run["id"], "deduplicated": deduplicated}
+
+
+async def _set_flow_run_state(info, item: dict) -> dict:
+    item = snake(item)
+    request = api.SetStateRequest(state=state_input(item["state"]), version=item.get("version"))
+    outcome = await app_of(info).set_flow_run_state(item["flow_run_id"], request, ("input", "flow_run_id"))
+    return {"id": outcome["flow_run_id"], "version": outcome["version"], "state": outcome["state"], "status": "SUCCESS"}
+
+
+@mutation.field("set_flow_run_state")
+@mutation.field("setFlowRunState")
+@translate_errors
+async def resolve_set_flow_run_state(_, info, input):
+    return await _set_flow_run_state(info, input)
+
+
+@mutation.field("set_flow_run_states")
+@translate_errors
+async def resolve_set_flow_run_states(_, info, input):
+    # One verdict per run; a version conflict in a batch still fails the whole call, as Prefect's
+    # client expects (it sends one state per call and maps the error to VersionLockMismatch).
+    return {"states": [await _set_flow_run_state(info, item) for item in input["states"]]}
+
+
+@mutation.field("cancel_flow_run")
+@translate_errors
+async def resolve_cancel_flow_run(_, info, input):
+    return {"state": (await app_of(info).cancel_flow_run(input["flow_run_id"], None))["state"]}
+
+
+@mutation.field("set_flow_run_name")
+@translate_errors
+async def resolve_set_flow_run_name(_, info, input):
+    await app_of(info).rename_flow_run(input["flow_run_id"], input["name"])
+    return {"success": True}
+
+
+@mutation.field("update_flow_run_heartbeat")
+@translate_errors
+async def resolve_flow_run_heartbeat(_, info, input):
+    await app_of(info).flow_run_heartbeat(input["flow_run_id"])
+    return {"success": True}
+
+
+bindables = [query, mutation, flow_run_type]
