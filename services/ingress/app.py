@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health/ready", tags=["health"])
     async def ready(request: Request):
         bus = getattr(request.app.state, "bus", None)
-        ok = bool(bus and bus.ready)
+        ok = bool(bus and bus.healthy)
         if ok:
             try:
                 ok = await request.app.state.application.read.ping()
