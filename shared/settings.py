@@ -41,6 +41,23 @@ class Settings(BaseSettings):
     command_timeout_seconds: float = Field(30.0, gt=0)
     dedup_window: int = Field(200_000, ge=1000, description="Recent command ids remembered per writer partition.")
 
+    # GraphQL document limits (refused before execution; see ingress/graphql/limits.py)
+    graphql_max_tokens: int = Field(20_000, ge=100, description="The parser stops past this many tokens.")
+    graphql_max_depth: int = Field(12, ge=2)
+    graphql_max_aliases: int = Field(30, ge=0)
+    graphql_max_fields: int = Field(500, ge=10)
+    graphql_max_limit: int = Field(1000, ge=1, description="Largest `limit` argument accepted.")
+    graphql_max_cost: int = Field(50_000, ge=100, description="Each list field multiplies what it selects by its limit.")
+
+    # Logs (the log-ingestion service, its store and live watch)
+    logs_max_message_bytes: int = Field(1_000_000, ge=1, description="Per log message (Prefect 1.x: 1 MB).")
+    logs_max_batch_bytes: int = Field(4_000_000, ge=1, description="Per write_run_logs batch (Prefect 1.x: 4 MB); also bounded by max_body_bytes.")
+    logs_max_records: int = Field(50_000, ge=1, description="Records per batch.")
+    logs_retention_days: float = Field(14.0, ge=0, description="Keep a finished run's logs this long after it finished (0 = forever).")
+    logs_max_lines_per_run: int = Field(100_000, ge=1, description="Keep at most this many lines per run (the oldest by timestamp go).")
+    logs_watch_end_grace_seconds: float = Field(2.0, ge=0, description="After a run finishes, wait this long for its last lines before ending its watch streams.")
+    logs_watch_keepalive_seconds: float = Field(15.0, gt=0)
+
     # Process
     api_host: str = "127.0.0.1"
     api_port: int = 4200

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 
 from runledger.services.ingress.application import Application, CommandRejected
-from runledger.services.ingress.errors import http_status
+from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, http_status
 from runledger.services.runtime.bus import CommandBus, CommandTimeout
 from runledger.services.ingress.rest import router
 from runledger.services.runtime.stores import IdempotencyStore, ReadModels
@@ -63,6 +63,10 @@ class BodyLimit:
         await response({"type": "http"}, None, send)
 
 
+def unavailable(detail: str) -> ORJSONResponse:
+    return ORJSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     log = configure("ingress", settings.log_level, settings.log_json)
@@ -90,8 +94,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     from runledger.services.ingress.graphql import mount_graphql
+    from runledger.services.ingress.graphql.limits import DocumentLimits
 
-    mount_graphql(app)
+    mount_graphql(
+        app,
+        DocumentLimits(
+            max_depth=settings.graphql_max_depth,
+            max_aliases=settings.graphql_max_aliases,
+            max_fields=settings.graphql_max_fields,
+            max_limit=settings.graphql_max_limit,
+            max_cost=settings.graphql_max_cost,
+            max_tokens=settings.graphql_max_tokens,
+        ),
+    )
 
     @app.get("/health/live", tags=["health"])
     async def live():
@@ -120,7 +135,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(CommandTimeout)
     async def timeout(request: Request, exc: CommandTimeout):
-        return ORJSONResponse({"detail": str(exc)}, status_code=503)
+        return unavailable(str(exc))
+
+    for outage in OUTAGES:  # a dependency is down or exhausted: come back, never a 500
+
+        @app.exception_handler(outage)
+        async def dependency_down(request: Request, exc: Exception):
+            log.warning("dependency unavailable", path=request.url.path, error=repr(exc)[:300])
+            return unavailable(f"a dependency is unavailable ({type(exc).__name__}); retry shortly")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -7,6 +7,11 @@ tests/unit/test_rejection_table.py checks that every code has a row.
 
 from __future__ import annotations
 
+from aiokafka.errors import KafkaError
+from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 REJECTIONS: dict[str, tuple[int, str]] = {
     # code: (HTTP status, GraphQL extensions.code)
     "VERSION_MISMATCH": (409, "VERSION_LOCKING_ERROR"),
@@ -23,3 +28,17 @@ def http_status(code: str) -> int:
 
 def graphql_code(code: str) -> str:
     return REJECTIONS[code][1]
+
+
+# A dependency that is down or exhausted (Redis, the broker, a full connection pool) is answered
+# 503 with Retry-After on REST and with the retryable code API_ERROR on GraphQL (the Prefect
+# client retries it), never a 500.
+OUTAGES: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    KafkaError,
+)
+RETRY_AFTER_SECONDS = 1
+OUTAGE_GRAPHQL_CODE = "API_ERROR"

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from runledger.services.ingress.graphql import flow_runs, flows, projects, task_runs, transport
 from runledger.services.ingress.graphql.coercion import json_scalar
+from runledger.services.ingress.graphql.limits import DocumentLimits
 
 RESOURCES = (projects, flows, flow_runs, task_runs)
 
@@ -44,5 +45,5 @@ schema = make_executable_schema(
 )
 
 
-def mount_graphql(app: FastAPI) -> None:
-    transport.mount(app, schema)
+def mount_graphql(app: FastAPI, limits: DocumentLimits) -> None:
+    transport.mount(app, schema, limits)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from runledger.domain.run_requests import RequestError
 from runledger.services.ingress.application import CommandRejected
-from runledger.services.ingress.errors import graphql_code
+from runledger.services.ingress.errors import OUTAGE_GRAPHQL_CODE, OUTAGES, graphql_code
 from runledger.services.runtime.bus import CommandTimeout
 
 
@@ -34,6 +34,8 @@ def translate_errors(resolver):
             message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
             raise error(message, "BAD_USER_INPUT", errors=errors) from None
         except CommandTimeout as exc:
-            raise error(str(exc), "API_ERROR") from None
+            raise error(str(exc), OUTAGE_GRAPHQL_CODE) from None
+        except OUTAGES as exc:
+            raise error(f"a dependency is unavailable ({type(exc).__name__}); retry shortly", OUTAGE_GRAPHQL_CODE) from None
 
     return wrapper

@@ -1,8 +1,10 @@
-"""The HTTP side of ``/graphql``: the GraphiQL explorer on GET, execution on POST.
+"""The HTTP side of GraphQL: the GraphiQL explorer on ``GET /graphql``, execution on ``POST /graphql``
+and on ``POST /`` (where the Prefect 1.x client sends everything: its server endpoint's root).
 
 Prefect 1.x clients rely on: ``variables`` arriving as a JSON-encoded string; field errors answered
 with HTTP 200 and ``errors[]``. Request errors (malformed body, a document that does not parse or
-validate) are answered with 400.
+validate, or one over the document limits) are answered with 400. Every error carries
+``extensions.code``.
 """
 
 from __future__ import annotations
@@ -12,31 +14,70 @@ from ariadne import graphql
 from ariadne.explorer import ExplorerGraphiQL
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, ORJSONResponse
-from graphql import GraphQLSchema
+from graphql import GraphQLError, GraphQLSchema, parse, validate
+
+from runledger.services.ingress.graphql.limits import DocumentLimits, limits_rule
 
 _explorer = ExplorerGraphiQL(title="RunLedger GraphQL").html(None)
 
 
-def mount(app: FastAPI, schema: GraphQLSchema) -> None:
+def _request_error(message: str, code: str = "BAD_REQUEST") -> ORJSONResponse:
+    return ORJSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=400)
+
+
+def _with_codes(result: dict) -> dict:
+    """Give every error a code: the client shows one without a code as UNKNOWN_ERROR."""
+    for error in result.get("errors") or []:
+        extensions = error.setdefault("extensions", {})
+        if "code" not in extensions:
+            if error.get("path"):
+                extensions["code"] = "INTERNAL_SERVER_ERROR"
+            elif str(error.get("message", "")).startswith("Syntax Error"):
+                extensions["code"] = "GRAPHQL_PARSE_FAILED"
+            else:
+                extensions["code"] = "GRAPHQL_VALIDATION_FAILED"
+    return result
+
+
+def over_limits(schema: GraphQLSchema, query: str, variables: dict | None, limits: DocumentLimits) -> list[dict]:
+    """Errors for a document over the limits, found before the full validation runs: graphql-core's
+    validation has quadratic rules (overlapping fields), so an abusive document must be refused by
+    this linear pass, or it would hold the event loop and every other request with it."""
+    try:
+        document = parse(query, max_tokens=limits.max_tokens)
+    except GraphQLError as exc:
+        if "tokens. Parsing aborted" in exc.message:
+            message = f"the document has more than {limits.max_tokens} tokens (RUNLEDGER_GRAPHQL_MAX_TOKENS)"
+            return [{"message": message, "extensions": {"code": "QUERY_LIMIT_EXCEEDED", "limit": "max_tokens", "maximum": limits.max_tokens}}]
+        return [{**exc.formatted, "extensions": {"code": "GRAPHQL_PARSE_FAILED"}}]
+    return [e.formatted for e in validate(schema, document, rules=[limits_rule(limits, variables)])]
+
+
+def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
     @app.get("/graphql", include_in_schema=False)
     async def explorer() -> HTMLResponse:
         return HTMLResponse(_explorer)
 
-    @app.post("/graphql", tags=["graphql"])
     async def execute(request: Request) -> ORJSONResponse:
         try:
             data = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
-            return ORJSONResponse({"errors": [{"message": f"body: malformed JSON ({exc})"}]}, status_code=400)
+            return _request_error(f"body: malformed JSON ({exc})")
         if not isinstance(data, dict) or not isinstance(data.get("query"), str):
-            return ORJSONResponse({"errors": [{"message": "body: expected an object with a 'query' string"}]}, status_code=400)
+            return _request_error("body: expected an object with a 'query' string")
         if isinstance(data.get("variables"), str):  # Prefect 1.x sends json.dumps(variables)
             try:
                 data["variables"] = orjson.loads(data["variables"]) if data["variables"] else None
             except orjson.JSONDecodeError as exc:
-                return ORJSONResponse({"errors": [{"message": f"variables: malformed JSON ({exc})"}]}, status_code=400)
+                return _request_error(f"variables: malformed JSON ({exc})")
+        variables = data.get("variables") if isinstance(data.get("variables"), dict) else None
+        if refused := over_limits(schema, data["query"], variables, limits):
+            return ORJSONResponse({"errors": refused}, status_code=400)
         success, result = await graphql(schema, data, context_value={"request": request})
-        return ORJSONResponse(result, status_code=200 if success or field_errors_only(result) else 400)
+        return ORJSONResponse(_with_codes(result), status_code=200 if success or field_errors_only(result) else 400)
+
+    app.add_api_route("/graphql", execute, methods=["POST"], tags=["graphql"], summary="GraphQL")
+    app.add_api_route("/", execute, methods=["POST"], tags=["graphql"], summary="GraphQL (the Prefect 1.x client's endpoint)")
 
 
 def field_errors_only(result: dict) -> bool:
