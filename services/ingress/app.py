@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from runledger.services.ingress.responses import JSONResponse
 
 from runledger.services.ingress.application import Application, CommandRejected
 from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, http_status
@@ -56,15 +56,15 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send, size: int) -> None:
-        response = ORJSONResponse(
+        response = JSONResponse(
             {"detail": [{"loc": ["body"], "msg": f"request body of {size} bytes is over the limit of {self.limit} bytes", "type": "too_large"}]},
             status_code=413,
         )
         await response({"type": "http"}, None, send)
 
 
-def unavailable(detail: str) -> ORJSONResponse:
-    return ORJSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+def unavailable(detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Event-sourced flow-run orchestration backend (Prefect 1.x flow-run feature set).",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONResponse,
     )
     app.include_router(router)
 
@@ -121,17 +121,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ok = await request.app.state.application.read.ping()
             except Exception:
                 ok = False
-        return ORJSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
-        return ORJSONResponse({"detail": [e.as_dict() for e in exc.errors]}, status_code=exc.status)
+        return JSONResponse({"detail": [e.as_dict() for e in exc.errors]}, status_code=exc.status)
 
     @app.exception_handler(CommandRejected)
     async def rejected(request: Request, exc: CommandRejected):
         r = exc.rejection
         body = {"detail": r.message, "code": r.code, "rule": r.rule, "field": r.field, **r.details}
-        return ORJSONResponse(body, status_code=http_status(r.code))
+        return JSONResponse(body, status_code=http_status(r.code))
 
     @app.exception_handler(CommandTimeout)
     async def timeout(request: Request, exc: CommandTimeout):
@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError):
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
-        return ORJSONResponse({"detail": errors}, status_code=status)
+        return JSONResponse({"detail": errors}, status_code=status)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

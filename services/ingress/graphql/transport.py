@@ -13,16 +13,17 @@ import orjson
 from ariadne import graphql
 from ariadne.explorer import ExplorerGraphiQL
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, ORJSONResponse
+from fastapi.responses import HTMLResponse
 from graphql import GraphQLError, GraphQLSchema, parse, validate
 
 from runledger.services.ingress.graphql.limits import DocumentLimits, limits_rule
+from runledger.services.ingress.responses import JSONResponse
 
 _explorer = ExplorerGraphiQL(title="RunLedger GraphQL").html(None)
 
 
-def _request_error(message: str, code: str = "BAD_REQUEST") -> ORJSONResponse:
-    return ORJSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=400)
+def _request_error(message: str, code: str = "BAD_REQUEST") -> JSONResponse:
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=400)
 
 
 def _with_codes(result: dict) -> dict:
@@ -58,7 +59,7 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
     async def explorer() -> HTMLResponse:
         return HTMLResponse(_explorer)
 
-    async def execute(request: Request) -> ORJSONResponse:
+    async def execute(request: Request) -> JSONResponse:
         try:
             data = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
@@ -72,9 +73,9 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
                 return _request_error(f"variables: malformed JSON ({exc})")
         variables = data.get("variables") if isinstance(data.get("variables"), dict) else None
         if refused := over_limits(schema, data["query"], variables, limits):
-            return ORJSONResponse({"errors": refused}, status_code=400)
+            return JSONResponse({"errors": refused}, status_code=400)
         success, result = await graphql(schema, data, context_value={"request": request})
-        return ORJSONResponse(_with_codes(result), status_code=200 if success or field_errors_only(result) else 400)
+        return JSONResponse(_with_codes(result), status_code=200 if success or field_errors_only(result) else 400)
 
     app.add_api_route("/graphql", execute, methods=["POST"], tags=["graphql"], summary="GraphQL")
     app.add_api_route("/", execute, methods=["POST"], tags=["graphql"], summary="GraphQL (the Prefect 1.x client's endpoint)")
