@@ -63,8 +63,8 @@ class BodyLimit:
         await response({"type": "http"}, None, send)
 
 
-def unavailable(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+def unavailable(detail: str, **extra) -> JSONResponse:
+    return JSONResponse({**extra, "detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -115,13 +115,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health/ready", tags=["health"])
     async def ready(request: Request):
         bus = getattr(request.app.state, "bus", None)
-        ok = bool(bus and bus.healthy)
-        if ok:
-            try:
-                ok = await request.app.state.application.read.ping()
-            except Exception:
-                ok = False
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        if bus is None or not bus.healthy:
+            reason = (bus.probe.error if bus is not None and bus.ready else None) or "the command bus is not running"
+            return unavailable(reason, ready=False)
+        try:
+            await request.app.state.application.read.ping()
+        except Exception as exc:
+            return unavailable(f"Redis does not answer ({type(exc).__name__})", ready=False)
+        return JSONResponse({"ready": True})
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):

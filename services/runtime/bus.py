@@ -127,19 +127,22 @@ class CommandBus:
         self.tracker = ProjectionTracker(self.redis, self.keys, self.topics.events.partitions)
         await self.tracker.start()
         self._reader = asyncio.create_task(self._read_replies())
+        self.probe = clients.BrokerProbe(self.producer.client)
+        await self.probe.start()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
+        await self.probe.stop()
         await self.tracker.stop()
         await asyncio.gather(self.producer.stop(), self.replies.stop())
 
     @property
     def healthy(self) -> bool:
-        """Started, and the reply reader is still running."""
-        return self.ready and not self._reader.done()
+        """Started, the reply reader is still running, and the broker answers."""
+        return self.ready and not self._reader.done() and self.probe.error is None
 
     async def _read_replies(self) -> None:
         while True:
@@ -172,16 +175,18 @@ class CommandBus:
         timeout = self.settings.command_timeout_seconds
         future = asyncio.get_running_loop().create_future()
         self._pending[command.command_id] = future
+        # One deadline for the whole call (send, verdict, read model), so a paused broker or a
+        # slow projector cannot hold a caller past the command timeout.
         try:
-            await self.producer.send_and_wait(self.topics.commands.name, encode(command), key=aggregate_id.encode())
-            try:
-                reply = await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                raise CommandTimeout(
-                    f"command {command.command_id} was not answered within {timeout}s; it may still take effect"
-                ) from None
+            async with asyncio.timeout(timeout):
+                await self.producer.send_and_wait(self.topics.commands.name, encode(command), key=aggregate_id.encode())
+                reply = await future
+                if reply.partition is not None and reply.offset is not None:
+                    await self.tracker.wait(reply.partition, reply.offset, timeout)
+        except TimeoutError:
+            raise CommandTimeout(
+                f"command {command.command_id} was not answered and readable within {timeout}s; it may still take effect"
+            ) from None
         finally:
             self._pending.pop(command.command_id, None)
-        if reply.partition is not None and reply.offset is not None:
-            await self.tracker.wait(reply.partition, reply.offset, timeout)
         return reply

@@ -65,9 +65,11 @@ class ConsumerService:
         return {}
 
     # -- the shared lifecycle -----------------------------------------------------------------
+    probe: kafka.BrokerProbe | None = None
+
     @property
     def ready(self) -> bool:
-        return self.assigned and self.dependency_error is None
+        return self.assigned and self.dependency_error is None and self.probe is not None and self.probe.error is None
 
     async def run(self) -> None:
         await kafka.wait_for_broker(self.settings)
@@ -76,6 +78,8 @@ class ConsumerService:
         self.consumer = kafka.consumer(self.settings, group_id=self.group.id, max_poll_records=self.max_records)
         health = HealthServer(self.settings.health_port, lambda: self.ready, self._details)
         await asyncio.gather(self.producer.start(), health.start())
+        self.probe = kafka.BrokerProbe(self.producer.client)
+        await self.probe.start()
         await self.start_resources()
         self.consumer.subscribe([self.source().name], listener=_Rebalance(self))
         await self.consumer.start()
@@ -86,6 +90,7 @@ class ConsumerService:
                 await self._handle_riding_out_outages(batch)
         finally:
             self.assigned = False
+            await self.probe.stop()
             await self.consumer.stop()
             await self.stop_resources()
             await asyncio.gather(self.producer.stop(), health.stop())
@@ -115,6 +120,7 @@ class ConsumerService:
             "service": self.group.service,
             "assigned": self.assigned,
             "dependency_error": self.dependency_error,
+            "broker_error": self.probe.error if self.probe is not None else None,
             "handled": self.handled,
             "dead_letters": self.dead_letters,
             **self.details(),

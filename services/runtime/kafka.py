@@ -108,3 +108,37 @@ async def ensure_topics(settings: Settings) -> Topics:
         return topics
     finally:
         await admin.close()
+
+
+class BrokerProbe:
+    """Asks the broker for metadata every ``interval`` seconds; ``error`` says why it last did not
+    answer (None while it does). Health endpoints report it, so a paused or unreachable broker
+    shows as "not ready" even when no traffic would notice."""
+
+    def __init__(self, client, interval: float = 1.0, timeout: float = 2.0) -> None:
+        self.client, self.interval, self.timeout = client, interval, timeout
+        self.error: str | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.client.fetch_all_metadata(), self.timeout)
+                if self.error is not None:
+                    log.info("broker answers again")
+                self.error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # timeouts, connection errors: all mean "not now"
+                if self.error is None:
+                    log.warning("broker does not answer: %r", exc)
+                self.error = f"broker did not answer metadata within {self.timeout}s ({type(exc).__name__})"
+            await asyncio.sleep(self.interval)

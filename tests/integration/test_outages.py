@@ -1,0 +1,128 @@
+"""Dependency outages are ridden out: with the broker paused (SIGSTOP: the embedded broker keeps its
+log in memory, so it is paused rather than stopped) or Redis stopped, no service exits, the ingress
+answers 503 with Retry-After within the command timeout and says "not ready", the consumers say
+"not ready" with the reason, and everything resumes by itself, with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import httpx
+import pytest
+
+from runledger.services.devstack import Stack, wait_for_port
+from tests.integration.helpers import all_events
+
+pytestmark = pytest.mark.slow
+
+COMMAND_TIMEOUT = 4.0
+
+
+@pytest.fixture(scope="module")
+def own_stack():
+    s = Stack(own_redis=True, partitions=2, extra_env={"RUNLEDGER_COMMAND_TIMEOUT_SECONDS": str(COMMAND_TIMEOUT)})
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def _readiness(stack, name: str) -> tuple[int, dict]:
+    url = stack.api_url + "/health/ready" if name == "ingress" else f"http://127.0.0.1:{stack.health_ports[name]}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _eventually(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
+
+
+def _setup(client: httpx.Client) -> str:
+    project = client.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"}).json()
+    flow = client.post("/flows", json={"name": f"f-{uuid.uuid4().hex[:8]}", "project_id": project["id"]})
+    assert flow.status_code == 201, flow.text
+    return flow.json()["id"]
+
+
+def _all_alive(stack):
+    for name, process in stack.processes.items():
+        assert process.poll() is None, f"{name} exited with {process.returncode}"
+
+
+def test_a_paused_broker_is_ridden_out(own_stack):
+    with httpx.Client(base_url=own_stack.api_url + "/api/v1", timeout=30) as client:
+        flow_id = _setup(client)
+        broker = own_stack.processes["broker"]
+        broker.send_signal(signal.SIGSTOP)
+        try:
+            _eventually(lambda: _readiness(own_stack, "ingress")[0] == 503, what="ingress not ready")
+            for name in ("transitions", "projector"):
+                status, details = _eventually(lambda: (r := _readiness(own_stack, name))[0] == 503 and r, what=f"{name} not ready")
+                assert details["broker_error"], details
+            started = time.monotonic()
+            r = client.post("/flow_runs", json={"flow_id": flow_id, "idempotency_key": "during-pause"})
+            waited = time.monotonic() - started
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+            assert waited < COMMAND_TIMEOUT + 3, f"held {waited:.1f}s, past the command timeout"
+        finally:
+            broker.send_signal(signal.SIGCONT)
+        _eventually(lambda: all(_readiness(own_stack, n)[0] == 200 for n in ("ingress", "transitions", "projector")),
+                    what="everything ready again")
+        _all_alive(own_stack)
+        # The caller retries with its key: one run, whether or not the first attempt was applied.
+        r = client.post("/flow_runs", json={"flow_id": flow_id, "idempotency_key": "during-pause"})
+        assert r.status_code in (200, 201), r.text
+        run_id = r.json()["id"]
+        assert client.get(f"/flow_runs/{run_id}").json()["version"] == 1
+    created = [e for e in all_events(own_stack) if e.type == "FlowRunCreated" and e.payload.spec.idempotency_key == "during-pause"]
+    assert [e.aggregate_id for e in created] == [run_id]
+
+
+def test_a_stopped_redis_is_ridden_out(own_stack):
+    with httpx.Client(base_url=own_stack.api_url + "/api/v1", timeout=30) as client:
+        flow_id = _setup(client)
+        before = client.post("/flow_runs", json={"flow_id": flow_id})
+        assert before.status_code == 201
+        redis = own_stack.processes.pop("redis")
+        argv = redis.args
+        port = int(argv[argv.index("--port") + 1])
+        redis.send_signal(signal.SIGTERM)
+        redis.wait(timeout=10)
+        try:
+            _eventually(lambda: _readiness(own_stack, "ingress")[0] == 503, what="ingress not ready")
+            status, details = _eventually(lambda: (r := _readiness(own_stack, "projector"))[0] == 503 and r, what="projector not ready")
+            assert details["dependency_error"], details
+            r = client.get("/projects")
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            time.sleep(2)
+            _all_alive(own_stack)
+        finally:
+            log = open(own_stack.workdir / "redis.restarted.log", "ab")
+            own_stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            wait_for_port(port)
+        _eventually(lambda: all(_readiness(own_stack, n)[0] == 200 for n in ("ingress", "transitions", "projector")),
+                    what="everything ready again")
+        _all_alive(own_stack)
+        # Redis came back empty (no persistence here): the read models are rebuilt from the log.
+        _eventually(lambda: client.get(f"/flow_runs/{before.json()['id']}").status_code == 200, what="read model rebuilt")
+        after = client.post("/flow_runs", json={"flow_id": flow_id})
+        assert after.status_code == 201, after.text
+        assert client.get(f"/flow_runs/{after.json()['id']}").json()["version"] == 1
