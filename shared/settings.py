@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     logs_watch_end_grace_seconds: float = Field(2.0, ge=0, description="After a run finishes, wait this long for its last lines before ending its watch streams.")
     logs_watch_keepalive_seconds: float = Field(15.0, gt=0)
 
+    # Writer snapshots
+    snapshots: bool = Field(True, description="Snapshot each writer partition's ledger, and restore from the latest on start.")
+    snapshot_every_events: int = Field(10_000, ge=1, description="Snapshot a partition after this many new events...")
+    snapshot_every_seconds: float = Field(60.0, gt=0, description="...or this long after its last snapshot, if it has new events.")
+
     # Process
     api_host: str = "127.0.0.1"
     api_port: int = 4200

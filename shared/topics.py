@@ -60,7 +60,13 @@ DEAD_LETTERS = TopicSpec(
     doc="messages a consumer could decode but not handle, with the error; set aside, never retried",
 )
 
-TOPIC_SPECS: tuple[TopicSpec, ...] = (COMMANDS, EVENTS, REPLIES, DEAD_LETTERS)
+SNAPSHOTS = TopicSpec(
+    "snapshots", "aggregate", "events partition number; a chunk: 'partition:chunk'", BaseModel, compacted=True,
+    doc="the writer's ledger snapshots (runledger.domain.snapshots): partition p holds events partition p's, "
+    "zstd chunks then a JSON manifest, the last record is the newest; never relies on compaction",
+)
+
+TOPIC_SPECS: tuple[TopicSpec, ...] = (COMMANDS, EVENTS, REPLIES, DEAD_LETTERS, SNAPSHOTS)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,13 @@
 It consumes ``commands`` (consumer group, partitioned by aggregate id), decides each command
 with the pure ``Ledger`` of its partition, appends the resulting events to the same partition
 number of ``events``, waits until they are acknowledged, replies to the caller, and only then
-commits the command offsets. After a restart or a rebalance it replays ``events`` to rebuild
-its ledgers, so a redelivered command is recognised by its id and answered as before.
+commits the command offsets. After a restart or a rebalance it rebuilds its ledgers, so a
+redelivered command is recognised by its id and answered as before: from the partition's newest
+snapshot (``snapshots`` topic, see ``snapshots.py``) plus the events after it, or, without a
+usable snapshot, from all of ``events``. A snapshot is taken every ``snapshot_every_events`` new
+events or ``snapshot_every_seconds`` (if there are new events), always between command batches,
+when every event the ledger reflects is acknowledged; it is compressed and written off the
+command path.
 """
 
 from __future__ import annotations
@@ -15,20 +20,29 @@ from datetime import datetime, timezone
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
+from runledger.domain import snapshots
 from runledger.domain.ledger import Answer, Ledger
 from runledger.messages.codec import decode_command, decode_event, encode
 from runledger.messages.commands import Rejection, Reply
 from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.kafka import consumer as kafka_consumer
 from runledger.services.runtime.process import run_until_stopped
+from runledger.services.transitions.snapshots import SnapshotStore, SnapshotUnavailable, pack
 from runledger.settings import Settings
-from runledger.topics import TRANSITIONS
+from runledger.topics import SNAPSHOTS, TRANSITIONS
+
+REFRESH_SLICE = 500  # aggregates re-encoded per turn of the lock while a snapshot is prepared
 
 
 class PartitionBook:
-    def __init__(self, dedup_window: int) -> None:
-        self.ledger = Ledger(dedup_window)
-        self.next_event_offset = 0
+    def __init__(self, dedup_window: int, ledger: Ledger | None = None, position: int = 0) -> None:
+        self.ledger = ledger or Ledger(dedup_window)
+        self.next_event_offset = position
+        self.snapshot_position = position  # the event offset the newest snapshot covers
+        self.snapshot_time = asyncio.get_running_loop().time()
+        self.encoder: snapshots.SnapshotEncoder | None = None
+        self.saving: asyncio.Task | None = None
+        self.info: dict = {"restored_position": None, "replayed": 0, "snapshot_position": None}
 
 
 class TransitionsService(ConsumerService):
@@ -44,19 +58,25 @@ class TransitionsService(ConsumerService):
         return self.topics.commands
 
     async def start_resources(self) -> None:
-        self.reader = kafka_consumer(self.settings)  # replays events; no group
+        self.reader = kafka_consumer(self.settings)  # replays events, reads snapshots; no group
         await self.reader.start()
+        self.snapshot_store = SnapshotStore(self.topics[SNAPSHOTS].name, self.producer, self.reader)
 
     async def stop_resources(self) -> None:
+        for book in self.books.values():
+            if book.saving is not None:
+                book.saving.cancel()
         await self.reader.stop()
 
     def details(self) -> dict:
-        return {"partitions": sorted(self.books)}
+        return {"partitions": sorted(self.books), "books": {str(p): book.info for p, book in sorted(self.books.items())}}
 
     async def handle(self, batch: dict) -> None:
         if batch:
             async with self.lock:
                 await self._process(batch)
+        if self.settings.snapshots:
+            self._snapshot_when_due()
 
     async def on_revoked(self, partitions: list[int]) -> None:
         async with self.lock:  # let an in-flight batch finish before ownership moves
@@ -70,21 +90,32 @@ class TransitionsService(ConsumerService):
 
     # -- rebuilding from the log --------------------------------------------------------------
     async def catch_up(self, partitions: list[int]) -> None:
-        """Bring each partition's ledger up to the end of its events (from scratch if new)."""
+        """Bring each partition's ledger up to the end of its events: a partition kept from before
+        continues where it was; a new one starts from its newest snapshot, or from scratch."""
         for p in list(self.books):
             if p not in partitions:
                 del self.books[p]
         tps = [TopicPartition(self.topics.events.name, p) for p in partitions]
         if not tps:
             return
-        started = asyncio.get_running_loop().time()
-        self.reader.assign(tps)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for tp in tps:
-            book = self.books.setdefault(tp.partition, PartitionBook(self.settings.dedup_window))
-            self.reader.seek(tp, book.next_event_offset)
+            if tp.partition not in self.books:
+                self.books[tp.partition] = await self._restore(tp.partition)
+        self.reader.assign(tps)
         end = await self.reader.end_offsets(tps)
+        for tp in tps:
+            book = self.books[tp.partition]
+            if book.next_event_offset > end[tp]:  # a snapshot of a log that is not this one
+                self.log.error(
+                    "snapshot is ahead of the events log; replaying the partition in full",
+                    partition=tp.partition, snapshot_position=book.next_event_offset, events_end=end[tp],
+                )
+                self.books[tp.partition] = book = PartitionBook(self.settings.dedup_window)
+            self.reader.seek(tp, book.next_event_offset)
         remaining = {tp for tp in tps if self.books[tp.partition].next_event_offset < end[tp]}
-        replayed = 0
+        replayed = {tp.partition: 0 for tp in tps}
         while remaining:
             batch = await self.reader.getmany(*remaining, timeout_ms=500, max_records=5000)
             for tp, records in batch.items():
@@ -96,15 +127,111 @@ class TransitionsService(ConsumerService):
                         except Exception as exc:  # not ours to fix here; never a crash loop
                             await self.dead_letter(record, "replay", exc)
                         book.next_event_offset = record.offset + 1
-                        replayed += 1
+                        replayed[tp.partition] += 1
                 if book.next_event_offset >= end[tp]:
                     remaining.discard(tp)
+        for p, n in replayed.items():
+            self.books[p].info["replayed"] += n
         self.log.info(
             "caught up",
             partitions=partitions,
-            replayed=replayed,
-            seconds=round(asyncio.get_running_loop().time() - started, 3),
+            replayed=sum(replayed.values()),
+            replayed_by_partition={str(p): n for p, n in replayed.items()},
+            restored_from={str(p): self.books[p].info["restored_position"] for p in partitions},
+            seconds=round(loop.time() - started, 3),
         )
+        if self.settings.snapshots:
+            self._snapshot_when_due()
+
+    async def _restore(self, partition: int) -> PartitionBook:
+        """A book for ``partition`` from its newest snapshot; an empty one if there is none or it
+        is unusable (logged: the partition is then replayed in full, never a crash loop)."""
+        book = PartitionBook(self.settings.dedup_window)
+        if not self.settings.snapshots:
+            return book
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            stored = await self.snapshot_store.load(partition)
+            if stored is None:
+                self.log.info("no snapshot; replaying the partition in full", partition=partition)
+                return book
+            ledger, position = snapshots.decode(stored.raw, self.settings.dedup_window)
+            if position != stored.position:
+                raise snapshots.SnapshotError(f"manifest says position {stored.position}, snapshot {position}")
+        except (SnapshotUnavailable, snapshots.SnapshotError, Exception) as exc:
+            self.log.error(
+                "snapshot unusable; replaying the partition in full", partition=partition, error=f"{type(exc).__name__}: {exc}"[:500]
+            )
+            return book
+        restored = PartitionBook(self.settings.dedup_window, ledger, position)
+        restored.info.update(restored_position=position, snapshot_position=position)
+        self.log.info(
+            "snapshot restored",
+            partition=partition,
+            position=position,
+            aggregates=len(ledger.aggregates),
+            verdicts=len(ledger.verdicts()),
+            bytes=len(stored.raw),
+            compressed_bytes=stored.compressed_bytes,
+            seconds=round(loop.time() - started, 3),
+        )
+        return restored
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def _snapshot_when_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for p, book in self.books.items():
+            new = book.next_event_offset - book.snapshot_position
+            due = new >= self.settings.snapshot_every_events or (
+                new > 0 and now - book.snapshot_time >= self.settings.snapshot_every_seconds
+            )
+            if due and book.saving is None:
+                book.saving = asyncio.create_task(self._snapshot(p, book))
+
+    async def _snapshot(self, partition: int, book: PartitionBook) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if book.encoder is None:
+                book.encoder = snapshots.SnapshotEncoder(book.ledger)
+            # Re-encode what changed in slices, letting command batches run in between; then
+            # capture at a batch boundary (the lock), where every event the ledger holds is acked.
+            while True:
+                async with self.lock:
+                    if self.books.get(partition) is not book:
+                        return  # revoked meanwhile
+                    if book.encoder.pending <= REFRESH_SLICE:
+                        started = loop.time()
+                        captured = book.encoder.capture(book.next_event_offset)
+                        stall = loop.time() - started
+                        break
+                    book.encoder.refresh(REFRESH_SLICE)
+                await asyncio.sleep(0)
+            book.snapshot_time = loop.time()
+            raw = await asyncio.to_thread(captured.to_bytes)
+            chunks = await asyncio.to_thread(pack, raw)
+            saved = await self.snapshot_store.save(partition, captured.position, chunks, len(raw))
+            book.snapshot_position = captured.position
+            book.info["snapshot_position"] = captured.position
+            self.log.info(
+                "snapshot saved",
+                partition=partition,
+                position=captured.position,
+                aggregates=len(captured.aggregates),
+                verdicts=len(captured.verdicts),
+                bytes=len(raw),
+                compressed_bytes=saved["compressed_bytes"],
+                chunks=saved["chunks"],
+                capture_ms=round(stall * 1000, 1),
+                seconds=round(loop.time() - book.snapshot_time, 3),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a snapshot is an optimisation: log, try again at the next interval
+            book.snapshot_time = loop.time()
+            self.log.warning("snapshot failed", partition=partition, error=f"{type(exc).__name__}: {exc}"[:500])
+        finally:
+            book.saving = None
 
     # -- the command loop ---------------------------------------------------------------------
     async def _process(self, batch: dict) -> None:

