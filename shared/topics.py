@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from runledger.messages.commands import CommandEnvelope, Reply
 from runledger.messages.dead_letter import DeadLetter
 from runledger.messages.events import EventEnvelope
+from runledger.messages.logs import LogChunk
 from runledger.settings import Settings
 
 REGISTRY_AGGREGATE = "registry"
@@ -30,6 +31,8 @@ class ConsumerGroup:
 
 TRANSITIONS = ConsumerGroup("runledger-transitions", "transitions")
 PROJECTOR = ConsumerGroup("runledger-projector", "projector")
+LOG_STORE = ConsumerGroup("runledger-logs", "logs")  # logs topic -> log store
+LOG_STATES = ConsumerGroup("runledger-logs-states", "logs")  # events -> state entries of the watch timelines
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ COMMANDS = TopicSpec(
     doc="requests to the single writer; partitioned by aggregate id",
 )
 EVENTS = TopicSpec(
-    "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR,),
+    "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR, LOG_STATES),
     doc="the system of record; the partition number of the command that caused each event",
 )
 REPLIES = TopicSpec(
@@ -66,7 +69,12 @@ SNAPSHOTS = TopicSpec(
     "zstd chunks then a JSON manifest, the last record is the newest; never relies on compaction",
 )
 
-TOPIC_SPECS: tuple[TopicSpec, ...] = (COMMANDS, EVENTS, REPLIES, DEAD_LETTERS, SNAPSHOTS)
+LOGS = TopicSpec(
+    "logs", "aggregate", "flow-run id", LogChunk, (LOG_STORE,),
+    doc="log lines of flow runs (write_run_logs); a run's lines in one partition, in order",
+)
+
+TOPIC_SPECS: tuple[TopicSpec, ...] = (COMMANDS, EVENTS, REPLIES, DEAD_LETTERS, SNAPSHOTS, LOGS)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from runledger.services.ingress.application import Application, CommandRejected
 from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, http_status
 from runledger.services.runtime.bus import CommandBus, CommandTimeout
 from runledger.services.ingress.rest import router
+from runledger.services.ingress.rest_logs import router as logs_router
 from runledger.services.runtime.stores import IdempotencyStore, ReadModels
 from runledger.domain.run_requests import RequestError
 from runledger.services.runtime.logs import configure
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.include_router(router)
+    app.include_router(logs_router)
 
     from runledger.services.ingress.graphql import mount_graphql
     from runledger.services.ingress.graphql.limits import DocumentLimits

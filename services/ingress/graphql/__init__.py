@@ -20,11 +20,11 @@ from pathlib import Path
 from ariadne import QueryType, make_executable_schema
 from fastapi import FastAPI
 
-from runledger.services.ingress.graphql import flow_runs, flows, projects, task_runs, transport
+from runledger.services.ingress.graphql import flow_runs, flows, logs, projects, task_runs, transport
 from runledger.services.ingress.graphql.coercion import json_scalar
 from runledger.services.ingress.graphql.limits import DocumentLimits
 
-RESOURCES = (projects, flows, flow_runs, task_runs)
+RESOURCES = (projects, flows, flow_runs, task_runs, logs)
 
 base_query = QueryType()
 

@@ -1,0 +1,404 @@
+"""Logs over REST: write batches (``POST /api/v1/logs``), read a run's or a task run's lines,
+and watch a run live (``GET /api/v1/flow_runs/{id}/watch``, Server-Sent Events).
+
+Write rule: every record is checked on its own. Invalid records (with their index and field),
+records over a limit and records whose flow run does not exist are refused; the valid records of
+the same batch are stored anyway. The answer is 200 when every record was stored, else 422 with
+``accepted`` (how many were stored) and ``detail`` (one entry per refused record). A batch over
+the size or count limit is refused whole (413). "Stored" means durably in Kafka (acks=all).
+
+Watch: one Redis subscription (a blocking XREAD on the run's timeline) per watched run in this
+process, fanned out to every watcher of the run. A watcher subscribes, reads the history from the
+store, then takes live entries newer than the last one it sent: no gap and no repeat, and the
+same with ``Last-Event-ID`` on a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import StreamingResponse
+
+from runledger.domain.run_requests import FieldError, RequestError
+from runledger.domain.states import StateType, is_finished
+from runledger.messages.logs import LEVELS, BatchTooLarge, LogLimits, RecordError, chunks, parse_time, validate_batch
+from runledger.services.ingress.responses import JSONResponse
+from runledger.services.runtime import kafka as clients
+from runledger.services.runtime.logstore import LogStore, Page, entry_view, parse_id
+from runledger.settings import Settings
+from runledger.topics import LOGS
+
+
+class LogsUnavailable(Exception):
+    pass
+
+
+@dataclass
+class WriteResult:
+    accepted: int
+    errors: list[RecordError]
+    total: int
+
+
+class LogsContext:
+    """The ingress's log clients: a producer for the logs topic, the store, the watch feeds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limits = LogLimits(
+            max_message_bytes=settings.logs_max_message_bytes,
+            max_batch_bytes=settings.logs_max_batch_bytes,
+            max_records=settings.logs_max_records,
+        )
+        self.redis = aioredis.from_url(settings.redis_url)
+        self.store = LogStore(self.redis, settings.redis_prefix)
+        self.producer = None
+        self.topic = None
+        self.feeds: dict[str, RunFeed] = {}
+        self._lock = asyncio.Lock()
+
+    async def producer_ready(self):
+        if self.producer is None:
+            async with self._lock:
+                if self.producer is None:
+                    topics = await clients.ensure_topics(self.settings)
+                    producer = clients.producer(self.settings, linger_ms=2)
+                    await producer.start()
+                    self.topic = topics[LOGS].name
+                    self.producer = producer
+        return self.producer
+
+    async def close(self) -> None:
+        for feed in list(self.feeds.values()):
+            feed.task.cancel()
+        if self.producer is not None:
+            await self.producer.stop()
+        await self.redis.aclose()
+
+    async def feed(self, run_id: str) -> "RunFeed":
+        feed = self.feeds.get(run_id)
+        if feed is None:
+            feed = RunFeed(self, run_id)
+            self.feeds[run_id] = feed
+            await feed.start()
+        await feed.started.wait()
+        return feed
+
+
+def logs_of(request_or_app) -> LogsContext:
+    app = getattr(request_or_app, "app", request_or_app)
+    ctx = getattr(app.state, "logs", None)
+    if ctx is None:
+        application = getattr(app.state, "application", None)
+        ctx = LogsContext(application.settings if application is not None else Settings())
+        app.state.logs = ctx
+    return ctx
+
+
+@asynccontextmanager
+async def lifespan(app):
+    yield
+    ctx = getattr(app.state, "logs", None)
+    if ctx is not None:
+        await ctx.close()
+
+
+router = APIRouter(prefix="/api/v1", default_response_class=JSONResponse, lifespan=lifespan)
+
+
+# -- write ---------------------------------------------------------------------------------------
+async def write_logs(app, records: Any) -> WriteResult:
+    """Validate, refuse unknown runs, produce the rest keyed by run; return once durable."""
+    ctx = logs_of(app)
+    batch = validate_batch(records, ctx.limits, datetime.now(timezone.utc))  # BatchTooLarge: nothing written
+    total = len(records) if isinstance(records, list) else 1
+    run_ids = list(dict.fromkeys(line.flow_run_id for line in batch.lines))
+    known = {doc["id"] for doc in await app.state.application.read.flow_runs(run_ids)} if run_ids else set()
+    accepted, errors = [], list(batch.errors)
+    for line in batch.lines:
+        if line.flow_run_id in known:
+            accepted.append(line)
+        else:
+            errors.append(RecordError(line.index, "flow_run_id", f"no flow run with id {line.flow_run_id}", "not_found"))
+    errors.sort(key=lambda e: e.index)
+    parts, _ = chunks(accepted, ctx.limits)
+    if parts:
+        producer = await ctx.producer_ready()
+        try:
+            futures = [await producer.send(ctx.topic, part.encode(), key=part.flow_run_id.encode()) for part in parts]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise LogsUnavailable(f"the log topic did not acknowledge the batch ({type(exc).__name__}); retry it") from exc
+    return WriteResult(len(accepted), errors, total)
+
+
+def result_body(result: WriteResult) -> tuple[dict, int]:
+    body = {"success": not result.errors, "accepted": result.accepted, "refused": len({e.index for e in result.errors})}
+    if result.errors:
+        body["detail"] = [e.as_dict() for e in result.errors]
+        return body, 422
+    return body, 200
+
+
+@router.post("/logs", tags=["logs"], responses={422: {"description": "Some records refused (the others were stored)"}, 413: {"description": "Batch over a limit"}})
+async def post_logs(request: Request, body: Any = Body(..., examples=[{"logs": [{"flow_run_id": "…", "level": "INFO", "name": "prefect", "message": "hello"}]}])) -> Any:
+    """Write a batch: ``{"logs": [record, ...]}`` (or one record, or a bare list). A record:
+    ``flow_run_id``, ``task_run_id``?, ``timestamp``? (default: now), ``level``? (INFO),
+    ``name``?, ``message``, ``info``? (JSON)."""
+    records = body.get("logs") if isinstance(body, dict) and "logs" in body else body
+    try:
+        result = await write_logs(request.app, records)
+    except BatchTooLarge as exc:
+        return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": str(exc), "type": "too_large"}]}, status_code=413)
+    except LogsUnavailable as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+    body, status = result_body(result)
+    return JSONResponse(body, status_code=status)
+
+
+# -- read ----------------------------------------------------------------------------------------
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise RequestError(422, [FieldError(("query", name), str(exc), "datetime_parsing")]) from None
+
+
+def _levels(level: list[str] | None, min_level: str | None) -> list[str] | None:
+    chosen = None
+    if level:
+        wanted = [v.upper() for item in level for v in item.split(",") if v]
+        bad = [v for v in wanted if v not in LEVELS]
+        if bad:
+            raise RequestError(422, [FieldError(("query", "level"), f"{bad[0]!r} is not one of {', '.join(LEVELS)}", "enum")])
+        chosen = wanted
+    if min_level:
+        if min_level.upper() not in LEVELS:
+            raise RequestError(422, [FieldError(("query", "min_level"), f"{min_level!r} is not one of {', '.join(LEVELS)}", "enum")])
+        above = list(LEVELS[LEVELS.index(min_level.upper()):])
+        chosen = [v for v in (chosen or above) if v in above]
+    return chosen
+
+
+async def read_page(request: Request, run_id: str, task_run_id: str | None, level, min_level, after, since, before, until, order, limit, cursor) -> Page:
+    try:
+        return await logs_of(request).store.query(
+            run_id,
+            task_run_id=task_run_id,
+            levels=_levels(level, min_level),
+            after=_time(after, "after") or _time(since, "since"),
+            after_inclusive=after is None and since is not None,
+            before=_time(before, "before") or _time(until, "until"),
+            before_inclusive=before is None,
+            descending=order == "desc",
+            limit=limit,
+            cursor=cursor,
+        )
+    except ValueError as exc:
+        raise RequestError(422, [FieldError(("query", "cursor"), str(exc), "value_error")]) from None
+
+
+READ_DOC = (
+    "Lines ordered by timestamp then arrival. Filters: `level` (repeat or comma-separate), `min_level`, "
+    "`after`/`since` (exclusive/inclusive lower bound), `before`/`until` (exclusive/inclusive upper bound). "
+    "Pass `next_cursor` back as `cursor` for the next page (null: no more)."
+)
+
+
+@router.get("/flow_runs/{flow_run_id}/logs", tags=["logs"], description=READ_DOC)
+async def flow_run_logs(
+    flow_run_id: str,
+    request: Request,
+    task_run_id: str | None = None,
+    level: list[str] | None = Query(None),
+    min_level: str | None = None,
+    after: str | None = None,
+    since: str | None = None,
+    before: str | None = None,
+    until: str | None = None,
+    order: str = Query("asc", pattern="^(asc|desc)$"),
+    limit: int = Query(1000, ge=1, le=10_000),
+    cursor: str | None = None,
+) -> Any:
+    await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
+    page = await read_page(request, flow_run_id, task_run_id, level, min_level, after, since, before, until, order, limit, cursor)
+    return {"logs": page.lines, "next_cursor": page.next_cursor}
+
+
+@router.get("/task_runs/{task_run_id}/logs", tags=["logs"], description=READ_DOC)
+async def task_run_logs(
+    task_run_id: str,
+    request: Request,
+    level: list[str] | None = Query(None),
+    min_level: str | None = None,
+    after: str | None = None,
+    since: str | None = None,
+    before: str | None = None,
+    until: str | None = None,
+    order: str = Query("asc", pattern="^(asc|desc)$"),
+    limit: int = Query(1000, ge=1, le=10_000),
+    cursor: str | None = None,
+) -> Any:
+    doc = await request.app.state.application.read.task_run(task_run_id)
+    if doc is None:
+        raise RequestError(404, [FieldError(("path", "task_run_id"), f"no task run with id {task_run_id}", "not_found")])
+    page = await read_page(request, doc["flow_run_id"], task_run_id, level, min_level, after, since, before, until, order, limit, cursor)
+    return {"logs": page.lines, "next_cursor": page.next_cursor}
+
+
+# -- watch ---------------------------------------------------------------------------------------
+class RunFeed:
+    """One blocking XREAD on a run's timeline, shared by every watcher of the run in this process."""
+
+    BLOCK_MS = 5000
+
+    def __init__(self, ctx: LogsContext, run_id: str) -> None:
+        self.ctx, self.run_id = ctx, run_id
+        self.queues: set[asyncio.Queue] = set()
+        self.started = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.last = "0-0"
+
+    async def start(self) -> None:
+        self.last = await self.ctx.store.last_timeline_id(self.run_id)
+        self.redis = aioredis.from_url(self.ctx.settings.redis_url, max_connections=1)
+        self.task = asyncio.create_task(self._follow())
+        self.started.set()
+
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        self.queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self.queues.discard(queue)
+        if not self.queues and self.ctx.feeds.get(self.run_id) is self:
+            del self.ctx.feeds[self.run_id]
+            if self.task is not None:
+                self.task.cancel()
+
+    async def _follow(self) -> None:
+        key = self.ctx.store.timeline_key(self.run_id)
+        try:
+            while True:
+                try:
+                    reply = await self.redis.xread({key: self.last}, count=1000, block=self.BLOCK_MS)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # Redis hiccup: watchers keep waiting; try again
+                    await asyncio.sleep(0.5)
+                    continue
+                for _, entries in reply or []:
+                    batch = [(i.decode(), fields) for i, fields in entries]
+                    if batch:
+                        self.last = batch[-1][0]
+                        for queue in list(self.queues):
+                            queue.put_nowait(batch)
+        finally:
+            await self.redis.aclose()
+
+
+def _sse(entry_id: str, kind: str, data: dict) -> bytes:
+    return b"id: " + entry_id.encode() + b"\nevent: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def watch_events(request: Request, run_id: str, last_event_id: str | None):
+    ctx = logs_of(request)
+    feed = await ctx.feed(run_id)
+    queue = feed.subscribe()
+    keepalive = ctx.settings.logs_watch_keepalive_seconds
+    try:
+        sent = parse_id(last_event_id) if last_event_id else (0, 0)
+        last_state: str | None = None
+        after = last_event_id
+        # History (and, for a resumed stream, what it missed): everything after the client's last id.
+        history: list[tuple[str, dict]] = []
+        while True:
+            chunk = await ctx.store.timeline(run_id, after, 2000)
+            history += chunk
+            if len(chunk) < 2000:
+                break
+            after = chunk[-1][0]
+        views = [(i, *entry_view(i, f)) for i, f in history]
+        last_state_at = max((n for n, (_, kind, _) in enumerate(views) if kind == "state"), default=-1)
+        if last_event_id:  # the last state the client saw before it reconnected decides nothing: look it up
+            previous = await _last_state_before(ctx, run_id, last_event_id)
+            last_state = previous
+        for n, (entry_id, kind, data) in enumerate(views):
+            if kind == "state":
+                last_state = data.get("type")
+            yield _sse(entry_id, kind, data)
+            sent = parse_id(entry_id)
+            if kind == "end" and n > last_state_at and _finished(last_state):
+                return
+        while True:
+            try:
+                batch = await asyncio.wait_for(queue.get(), keepalive)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return
+                yield b": keep-alive\n\n"
+                continue
+            for entry_id, fields in batch:
+                if parse_id(entry_id) <= sent:
+                    continue
+                kind, data = entry_view(entry_id, fields)
+                if kind == "state":
+                    last_state = data.get("type")
+                yield _sse(entry_id, kind, data)
+                sent = parse_id(entry_id)
+                if kind == "end" and _finished(last_state):
+                    return
+    finally:
+        feed.unsubscribe(queue)
+
+
+async def _last_state_before(ctx: LogsContext, run_id: str, entry_id: str) -> str | None:
+    raw = await ctx.redis.xrevrange(ctx.store.timeline_key(run_id), max=entry_id, min="-", count=5000)
+    for i, fields in raw:
+        kind, data = entry_view(i.decode(), fields)
+        if kind == "state":
+            return data.get("type")
+    return None
+
+
+def _finished(state_type: str | None) -> bool:
+    try:
+        return state_type is not None and is_finished(StateType(state_type))
+    except ValueError:
+        return False
+
+
+@router.get(
+    "/flow_runs/{flow_run_id}/watch",
+    tags=["logs"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events: `state`, `log`, `end`"}},
+)
+async def watch(flow_run_id: str, request: Request) -> StreamingResponse:
+    """The run's state changes and log lines as Server-Sent Events, history first, then live;
+    each event has an id, and a reconnect with ``Last-Event-ID`` resumes after it. Events:
+    ``state`` (type, message, timestamp, version), ``log`` (a line), ``end`` (the run finished
+    and its last lines were sent; the stream closes)."""
+    await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
+    last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if last_event_id:
+        try:
+            parse_id(last_event_id)
+        except ValueError:
+            raise RequestError(422, [FieldError(("header", "Last-Event-ID"), f"{last_event_id!r} is not an event id of this stream", "value_error")]) from None
+    return StreamingResponse(
+        watch_events(request, flow_run_id, last_event_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

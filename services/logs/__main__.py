@@ -1,0 +1,3 @@
+from runledger.services.logs.service import main
+
+main()

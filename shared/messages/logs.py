@@ -1,0 +1,247 @@
+"""Log records: what a client may send (Prefect 1.x ``write_run_logs`` shape), the limits, and
+the record the ingress puts on the ``logs`` topic. Pure: no I/O.
+
+A batch is validated record by record. A record that is invalid (or over a limit) is refused
+with its index and field; the others are kept. The ingress then refuses records whose flow run
+does not exist (``unknown_run``), and writes the rest, keyed by flow-run id, one Kafka record
+per run and chunk (``LogChunk``), so a run's lines stay in one partition, in order.
+
+A line's identity is (topic partition, offset, index in the chunk): the log store applies a
+chunk at most once per run (it remembers the last offset it applied for each run), so a
+redelivered chunk never duplicates a line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LEVEL_CODE = {"DEBUG": "D", "INFO": "I", "WARNING": "W", "ERROR": "E", "CRITICAL": "C"}
+LEVEL_OF_CODE = {v: k for k, v in LEVEL_CODE.items()}
+LEVEL_NUMBER = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+# Python's logging names a client may send (``logging.getLevelName``), mapped onto the five.
+LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
+FIELDS = ("flow_run_id", "task_run_id", "timestamp", "level", "name", "message", "info")
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    max_message_bytes: int = 1_000_000  # Prefect 1.x: MAX_LOG_LENGTH, 1 MB per message
+    max_batch_bytes: int = 4_000_000  # Prefect 1.x: 4 MB per batch
+    max_records: int = 50_000
+    max_name_bytes: int = 1_000
+    max_info_bytes: int = 100_000
+    chunk_bytes: int = 512 * 1024  # one Kafka record carries at most this many bytes of lines
+
+
+@dataclass
+class RecordError:
+    index: int
+    field: str
+    msg: str
+    type: str = "value_error"
+
+    def as_dict(self, prefix: tuple = ("body", "logs")) -> dict[str, Any]:
+        loc = [*prefix, self.index] + ([self.field] if self.field else [])
+        return {"loc": loc, "msg": self.msg, "type": self.type, "index": self.index, "field": self.field}
+
+
+@dataclass
+class LogLine:
+    """One validated record, as stored and as read back."""
+
+    flow_run_id: str
+    task_run_id: str | None
+    timestamp: datetime
+    level: str
+    name: str
+    message: str
+    info: Any = None
+    index: int = 0  # its position in the batch the client sent (for error reporting only)
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "task_run_id": self.task_run_id,
+            "timestamp": iso(self.timestamp),
+            "level": self.level,
+            "name": self.name,
+            "message": self.message,
+            "info": self.info,
+        }
+
+
+@dataclass
+class ValidatedBatch:
+    lines: list[LogLine] = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
+
+
+class BatchTooLarge(ValueError):
+    def __init__(self, msg: str, field_name: str = "logs") -> None:
+        super().__init__(msg)
+        self.field = field_name
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def micros(t: datetime) -> int:
+    """Microseconds since the epoch: the store's ordering key."""
+    return int(t.timestamp() * 1_000_000) if t.tzinfo else int(t.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+
+
+def parse_time(value: Any) -> datetime:
+    """ISO 8601 (``Z`` or an offset; no zone = UTC) or epoch seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected an ISO 8601 timestamp")
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected an ISO 8601 timestamp")
+    text = value.strip()
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _text(record: dict, name: str, i: int, errors: list[RecordError], limit: int, required: bool) -> str | None:
+    value = record.get(name)
+    if value is None:
+        if required:
+            errors.append(RecordError(i, name, "field required", "missing"))
+        return None
+    if not isinstance(value, str):
+        errors.append(RecordError(i, name, f"expected a string, got {type(value).__name__}", "string_type"))
+        return None
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        errors.append(RecordError(i, name, f"{name} of {size} bytes is over the limit of {limit} bytes", "too_large"))
+        return None
+    return value
+
+
+def validate_batch(records: Any, limits: LogLimits, now: datetime) -> ValidatedBatch:
+    """Validate a batch: a list of records, or one record. Each invalid record is refused with
+    its index and field; the valid ones are returned. A batch over the count limit raises
+    ``BatchTooLarge`` (nothing is written)."""
+    if isinstance(records, dict):
+        records = [records]
+    if not isinstance(records, list):
+        raise BatchTooLarge("logs: expected a list of log records (or one record)")
+    if len(records) > limits.max_records:
+        raise BatchTooLarge(f"logs: {len(records)} records is over the limit of {limits.max_records} per batch")
+    out = ValidatedBatch()
+    for i, record in enumerate(records):
+        errors: list[RecordError] = []
+        if not isinstance(record, dict):
+            out.errors.append(RecordError(i, "", f"expected an object, got {type(record).__name__}", "dict_type"))
+            continue
+        unknown = sorted(set(record) - set(FIELDS))
+        for name in unknown:
+            errors.append(RecordError(i, name, "unknown field", "extra_forbidden"))
+        run_id = _text(record, "flow_run_id", i, errors, 200, required=True)
+        if run_id is not None and not run_id.strip():
+            errors.append(RecordError(i, "flow_run_id", "must not be empty"))
+        task_run_id = _text(record, "task_run_id", i, errors, 200, required=False)
+        name = _text(record, "name", i, errors, limits.max_name_bytes, required=False)
+        message = _text(record, "message", i, errors, limits.max_message_bytes, required=True)
+        level = record.get("level")
+        if level is None:
+            level = "INFO"
+        elif isinstance(level, int) and not isinstance(level, bool):
+            level = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}.get(level, level)
+        if isinstance(level, str):
+            level = LEVEL_ALIASES.get(level.upper(), level.upper())
+        if level not in LEVEL_CODE:
+            errors.append(RecordError(i, "level", f"{record.get('level')!r} is not one of {', '.join(LEVELS)}", "enum"))
+        timestamp = now
+        if record.get("timestamp") is not None:
+            try:
+                timestamp = parse_time(record["timestamp"])
+            except (ValueError, OverflowError, OSError) as exc:
+                errors.append(RecordError(i, "timestamp", str(exc), "datetime_parsing"))
+        info = record.get("info")
+        if info is not None:
+            try:
+                size = len(orjson.dumps(info))
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                errors.append(RecordError(i, "info", f"not JSON: {exc}", "json_invalid"))
+            else:
+                if size > limits.max_info_bytes:
+                    errors.append(RecordError(i, "info", f"info of {size} bytes is over the limit of {limits.max_info_bytes} bytes", "too_large"))
+        if errors:
+            out.errors += errors
+            continue
+        out.lines.append(LogLine(run_id, task_run_id, timestamp, level, name or "", message, info, i))
+    return out
+
+
+class LogChunk(BaseModel):
+    """The value of one record on the ``logs`` topic: lines of one flow run (the record key), or
+    the end marker the log service writes after a run finished (``end`` = the finishing state's
+    version), which tells watchers that every line acknowledged before it has been stored."""
+
+    flow_run_id: str
+    lines: list[dict[str, Any]] = []
+    end: int | None = None
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"flow_run_id": self.flow_run_id, "lines": self.lines}
+        if self.end is not None:
+            body["end"] = self.end
+        return orjson.dumps(body)
+
+    @staticmethod
+    def decode(raw: bytes) -> "LogChunk":
+        body = orjson.loads(raw)
+        if not isinstance(body, dict) or not isinstance(body.get("flow_run_id"), str) or not isinstance(body.get("lines", []), list):
+            raise ValueError("not a log chunk")
+        end = body.get("end")
+        if end is not None and (not isinstance(end, int) or isinstance(end, bool)):
+            raise ValueError("end must be an integer")
+        if not all(isinstance(line, dict) for line in body.get("lines", [])):
+            raise ValueError("every line must be an object")
+        return LogChunk.model_construct(flow_run_id=body["flow_run_id"], lines=body.get("lines", []), end=end)
+
+
+def chunks(lines: list[LogLine], limits: LogLimits) -> tuple[list[LogChunk], int]:
+    """Group ``lines`` by flow run (keeping their order) into chunks of at most
+    ``limits.chunk_bytes``; also return the batch's size in bytes. Raises ``BatchTooLarge`` when
+    the batch is over ``limits.max_batch_bytes``."""
+    by_run: dict[str, list[tuple[dict, int]]] = {}
+    total = 0
+    for line in lines:
+        wire = line.wire()
+        size = len(orjson.dumps(wire))
+        total += size
+        by_run.setdefault(line.flow_run_id, []).append((wire, size))
+    if total > limits.max_batch_bytes:
+        raise BatchTooLarge(f"logs: the batch is {total} bytes, over the limit of {limits.max_batch_bytes} bytes")
+    out: list[LogChunk] = []
+    for run_id, items in by_run.items():
+        current, size = LogChunk.model_construct(flow_run_id=run_id, lines=[], end=None), 0
+        for wire, n in items:
+            if current.lines and size + n > limits.chunk_bytes:
+                out.append(current)
+                current, size = LogChunk.model_construct(flow_run_id=run_id, lines=[], end=None), 0
+            current.lines.append(wire)
+            size += n
+        out.append(current)
+    return out, total
+
+
+def read_view(line: dict[str, Any], flow_run_id: str, line_id: str) -> dict[str, Any]:
+    """A stored line as the APIs return it."""
+    return {"id": line_id, "flow_run_id": flow_run_id, **line}
