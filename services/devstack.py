@@ -22,6 +22,8 @@ from pathlib import Path
 
 import redis
 
+from runledger.services.runtime.redis import sync_client
+
 SERVICES = ("transitions", "projector", "ingress")
 
 
@@ -54,6 +56,7 @@ class Stack:
     api_port: int = 0
     redis_url: str | None = None  # None: use REDIS_URL if it answers, else start one
     own_redis: bool = False  # always start a private redis-server
+    redis_cluster: bool = False  # start a private 3-node Redis Cluster (RUNLEDGER_REDIS_CLUSTER=true)
     partitions: int = 4
     extra_env: dict[str, str] = field(default_factory=dict)
     broker_port: int = 0
@@ -75,6 +78,8 @@ class Stack:
         wait_for_port(self.broker_port)
 
     def start_redis(self) -> None:
+        if self.redis_cluster:
+            return self.start_redis_cluster()
         candidate = self.redis_url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         if not self.own_redis and redis_answers(candidate):
             self.redis_url = candidate
@@ -93,13 +98,66 @@ class Stack:
         wait_for_port(port)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
+    def start_redis_cluster(self, nodes: int = 3) -> None:
+        """Three ``redis-server --cluster-enabled yes`` on free ports, joined by ``redis-cli --cluster
+        create`` (no replicas); returns once ``cluster info`` says ``cluster_state:ok`` on every node."""
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("a Redis Cluster needs redis-server and redis-cli on PATH (apt-get install redis-server)")
+        ports = [free_port() for _ in range(nodes)]
+        for port in ports:
+            node_dir = self.workdir / f"redis-{port}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self._spawn(
+                f"redis-{port}",
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+                 "--cluster-node-timeout", "2000", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log")],
+                env=os.environ.copy(),
+            )
+        for port in ports:
+            wait_for_port(port)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            states = []
+            for port in ports:
+                client = redis.Redis(host="127.0.0.1", port=port)
+                try:
+                    info = client.execute_command("CLUSTER INFO")
+                finally:
+                    client.close()
+                if isinstance(info, dict):
+                    states.append(str(info.get("cluster_state")))
+                else:
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                    states.append("ok" if "cluster_state:ok" in text else "fail")
+            if all(state == "ok" for state in states):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster on {ports} is not ok after 30s; see {self.workdir}")
+            time.sleep(0.1)
+        self.cluster_ports = ports
+        self.redis_url = f"redis://127.0.0.1:{ports[0]}/0"
+        self.extra_env.setdefault("RUNLEDGER_REDIS_CLUSTER", "true")
+
+    def redis_client(self):
+        """A blocking client of this stack's Redis (a cluster client on a cluster)."""
+        return sync_client(self.redis_url, cluster=self.redis_cluster)
+
     def _forget_previous_log(self) -> None:
         """The embedded broker keeps nothing across restarts, so read models and idempotency keys
         left in a shared Redis by an earlier run describe a log that no longer exists."""
         prefix = self.extra_env.get("RUNLEDGER_REDIS_PREFIX", os.environ.get("RUNLEDGER_REDIS_PREFIX", "rl"))
-        client = redis.Redis.from_url(self.redis_url)
+        cluster = os.environ.get("RUNLEDGER_REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
+        client = sync_client(self.redis_url, cluster=cluster)
         stale = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(stale), 1000):
+        for key in stale if cluster else ():
+            client.unlink(key)  # keys in many slots: one at a time on a cluster
+        for i in range(0, len(stale) if not cluster else 0, 1000):
             client.unlink(*stale[i : i + 1000])
         client.close()
 

@@ -153,3 +153,52 @@ class GetOrCreateTaskRunRequest(_Request):
     flow_run_id: str
     task_id: str
     map_index: int = Field(-1, ge=-1)
+
+
+# -- the flow-run list (GET /api/v1/flow_runs) --------------------------------------------------
+class FlowRunListQuery(BaseModel):
+    """Filters of ``GET /api/v1/flow_runs`` (all optional, combined with AND)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state: list[StateType] = Field(default_factory=list, description="Current state is one of these.")
+    flow_id: str | None = None
+    label: list[str] = Field(default_factory=list, description="Carries every one of these labels.")
+    scheduled_after: datetime | None = Field(None, description="scheduled_start_time >= this (inclusive).")
+    scheduled_before: datetime | None = Field(None, description="scheduled_start_time < this (exclusive).")
+    order: str = Field("desc", pattern="^(asc|desc)$", description="By scheduled_start_time.")
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = None
+
+    @field_validator("scheduled_after", "scheduled_before")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return as_utc(value) if value is not None else None
+
+    def where(self) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = []
+        if self.state:
+            parts.append({"state": {"_in": [s.value for s in self.state]}})
+        if self.flow_id is not None:
+            parts.append({"flow_id": {"_eq": self.flow_id}})
+        if self.label:
+            parts.append({"labels": {"_contains": sorted(set(self.label))}})
+        window: dict[str, str] = {}
+        if self.scheduled_after is not None:
+            window["_gte"] = self.scheduled_after.isoformat()
+        if self.scheduled_before is not None:
+            window["_lt"] = self.scheduled_before.isoformat()
+        if window:
+            parts.append({"scheduled_start_time": window})
+        return {"_and": parts}
+
+
+class FlowRunPage(BaseModel):
+    """One page of runs, in scheduled_start_time order (ties by id). ``next_cursor`` is null on
+    the last page; a page may hold fewer than ``limit`` runs and still have a next one (the
+    read examined its bound of runs without filling the page: keep following the cursor)."""
+
+    flow_runs: list[dict[str, Any]]
+    next_cursor: str | None
+    limit: int
+    examined: int = Field(description="Runs the read looked at for this page.")

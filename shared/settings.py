@@ -33,6 +33,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RUNLEDGER_REDIS_URL", "REDIS_URL"),
     )
     redis_prefix: str = "rl"
+    redis_cluster: bool = Field(
+        False,
+        description="True: RUNLEDGER_REDIS_URL names a node of a Redis Cluster (redis.asyncio.cluster.RedisCluster). "
+        "Read-model keys are hash-tagged by events partition, so each batch, script and transaction is one slot.",
+    )
+    read_scan_limit: int = Field(
+        1000, ge=1, description="Most documents a read that no index fits (or that sorts in memory) examines; "
+        "a read cut short says so (GraphQL extensions.scan, REST next_cursor)."
+    )
 
     # Behaviour
     idempotency_ttl_seconds: int = Field(86400, ge=0, description="0 = keys never expire.")

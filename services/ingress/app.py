@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from runledger.services.ingress.responses import JSONResponse
@@ -14,6 +13,7 @@ from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, http
 from runledger.services.runtime.bus import CommandBus, CommandTimeout
 from runledger.services.ingress.rest import router
 from runledger.services.ingress.rest_logs import router as logs_router
+from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.stores import IdempotencyStore, ReadModels
 from runledger.domain.run_requests import RequestError
 from runledger.services.runtime.logs import configure
@@ -71,15 +71,15 @@ def unavailable(detail: str, **extra) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     log = configure("ingress", settings.log_level, settings.log_json)
-    keys = Keys(settings.redis_prefix)
+    keys = Keys(settings.redis_prefix, settings.partitions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        redis = aioredis.from_url(settings.redis_url, max_connections=256)
+        redis = redis_clients.client(settings, max_connections=256)
         bus = CommandBus(settings, redis, keys)
         await bus.start()
         app.state.bus = bus
-        app.state.application = Application(settings, bus, ReadModels(redis, keys), IdempotencyStore(redis, keys, settings.idempotency_ttl_seconds))
+        app.state.application = Application(settings, bus, ReadModels(redis, keys, settings.read_scan_limit), IdempotencyStore(redis, keys, settings.idempotency_ttl_seconds))
         log.info("ingress ready", reply_partition=bus.reply_partition)
         yield
         await bus.stop()

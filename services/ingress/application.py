@@ -6,7 +6,10 @@ the bus, and reads the read models. It never decides a state transition: that is
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import hashlib
 import os
 import uuid
 from datetime import datetime, timezone
@@ -22,6 +25,8 @@ from runledger.domain.run_requests import FieldError, RequestError, choose_flow_
 from runledger.messages import commands as c
 from runledger.messages.commands import Rejection, Reply
 from runledger.messages.models import FlowDefinition, PlannedTaskRun
+from runledger.readmodel import planner
+from runledger.readmodel.filters import matches
 from runledger.settings import Settings
 from runledger.topics import REGISTRY_AGGREGATE
 
@@ -56,6 +61,24 @@ def _flow_definition(doc: Doc) -> FlowDefinition:
     content; ``archived`` is not part of the definition and is read from the document."""
     definition_fields = {k: v for k, v in doc.items() if k in FlowDefinition.model_fields}
     return _parse_flow_definition(orjson.dumps(definition_fields, option=orjson.OPT_SORT_KEYS))
+
+
+def _encode_cursor(position: tuple[float, str], fingerprint: str) -> str:
+    raw = orjson.dumps({"s": position[0], "i": position[1], "q": fingerprint})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, fingerprint: str) -> tuple[float, str]:
+    """The (score, id) a page ended at; a cursor of another query (other filters) is refused."""
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        position = (float(data["s"]), str(data["i"]))
+        matches_query = data["q"] == fingerprint
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise RequestError(400, [FieldError(("query", "cursor"), "not a cursor this API gave out", "invalid_cursor")]) from None
+    if not matches_query:
+        raise RequestError(400, [FieldError(("query", "cursor"), "the cursor belongs to a query with other filters", "invalid_cursor")])
+    return position
 
 
 class Application:
@@ -191,6 +214,27 @@ class Application:
         runs, total = await self.read.runs_of_flow(flow_id, offset, limit)
         return [public(r) for r in runs], total
 
+    async def list_flow_runs(self, query: api.FlowRunListQuery) -> dict[str, Any]:
+        """A page of runs matching the filters, in scheduled_start_time order, through the
+        planner's index (state, flow, label, or all runs by scheduled start time)."""
+        where = query.where()
+        plan = planner.plan("flow_run", where, {"scheduled_start_time": query.order})
+        fingerprint = hashlib.sha1(orjson.dumps([where, query.order], option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+        after = _decode_cursor(query.cursor, fingerprint) if query.cursor else None
+        residual = plan.residual
+
+        def accepts(doc: Doc) -> bool:
+            return matches({**doc, "state": (doc.get("state") or {}).get("type")}, residual)
+
+        walk = await self.read.walk(plan, accepts if residual else None, need=query.limit, after=after)
+        more = not walk.exhausted and walk.last is not None
+        return {
+            "flow_runs": [public(d) for d in walk.docs],
+            "next_cursor": _encode_cursor(walk.last, fingerprint) if more else None,
+            "limit": query.limit,
+            "examined": walk.examined,
+        }
+
     async def _run_command(self, run_id: str, payload, loc: tuple, command_id: str | None = None) -> dict[str, Any]:
         await self.get_flow_run(run_id, loc)
         return _ok(await self.bus.send(run_id, payload, command_id=command_id))
@@ -218,7 +262,7 @@ class Application:
 
     async def task_runs_of(self, run_id: str) -> list[Doc]:
         run = await self.get_flow_run(run_id)
-        return [public(d) for d in await self.read.task_runs(run["task_run_ids"])]
+        return [public(d) for d in await self.read.task_runs(run["task_run_ids"], flow_run_id=run_id)]
 
     async def _task_run_command(self, task_run_id: str, make_payload, loc: tuple, command_id: str | None = None) -> dict[str, Any]:
         task_run = await self.get_task_run(task_run_id, loc)
@@ -255,4 +299,7 @@ class Application:
             map_index=request.map_index,
         )
         outcome = _ok(await self.bus.send(run["id"], c.GetOrCreateTaskRun(task_run=planned)))
-        return await self.get_task_run(outcome["task_run_id"])
+        doc = await self.read.task_run(outcome["task_run_id"], flow_run_id=run["id"])
+        if doc is None:
+            raise RequestError(404, [FieldError(("body", "task_id"), f"no task run with id {outcome['task_run_id']}", "not_found")])
+        return public(doc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -11,6 +12,7 @@ from fastapi.responses import ORJSONResponse
 from runledger.services.ingress.application import Application, CommandRejected
 from runledger import api_models as api
 from runledger.domain.run_requests import RequestError
+from runledger.domain.states import StateType
 
 router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
 
@@ -56,6 +58,7 @@ async def get_flow(flow_id: str, request: Request) -> Any:
 async def list_flow_runs(
     flow_id: str, request: Request, offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=1000)
 ) -> Any:
+    """A flow's runs, latest scheduled start first (``total`` counts them all)."""
     runs, total = await app_of(request).flow_runs_of(flow_id, offset, limit)
     return {"flow_runs": runs, "total": total, "offset": offset, "limit": limit}
 
@@ -63,6 +66,38 @@ async def list_flow_runs(
 @router.patch("/flow_groups/{flow_group_id}", tags=["flows"])
 async def update_flow_group(flow_group_id: str, body: api.UpdateFlowGroupRequest, request: Request) -> Any:
     return await app_of(request).update_flow_group(flow_group_id, body)
+
+
+@router.get(
+    "/flow_runs",
+    tags=["flow runs"],
+    response_model=api.FlowRunPage,
+    summary="List flow runs (filtered, cursor-paged)",
+    responses={
+        200: {"description": "A page of runs in scheduled_start_time order; follow next_cursor until it is null"},
+        400: {"description": "A cursor that this API did not give out, or one from a query with other filters"},
+        422: {"description": "An unknown state, a limit outside 1..1000, or a time that does not parse"},
+    },
+)
+async def list_all_flow_runs(
+    request: Request,
+    state: list[StateType] = Query([], description="Current state is one of these (repeat the parameter)."),
+    flow_id: str | None = Query(None),
+    label: list[str] = Query([], description="Carries every one of these labels (repeat the parameter)."),
+    scheduled_after: datetime | None = Query(None, description="scheduled_start_time >= this"),
+    scheduled_before: datetime | None = Query(None, description="scheduled_start_time < this"),
+    order: str = Query("desc", pattern="^(asc|desc)$", description="By scheduled_start_time (ties by id)."),
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(None, description="next_cursor of the previous page (same filters)."),
+) -> Any:
+    """Served by a secondary index (state, flow, label, or every run by scheduled start time):
+    a page examines at most ``RUNLEDGER_READ_SCAN_LIMIT`` runs, so a very selective extra filter
+    can give a short page that still has a ``next_cursor``."""
+    query = api.FlowRunListQuery(
+        state=state, flow_id=flow_id, label=label, scheduled_after=scheduled_after,
+        scheduled_before=scheduled_before, order=order, limit=limit, cursor=cursor,
+    )
+    return await app_of(request).list_flow_runs(query)
 
 
 @router.post("/flow_runs", status_code=201, tags=["flow runs"], responses={200: {"description": "Deduplicated by idempotency_key"}})

@@ -1,7 +1,8 @@
 """The projector: maintains the Redis read models from the event log.
 
-Its position in each partition is a checkpoint stored in Redis *in the same transaction* as
-the documents it wrote, so a crash can never apply a batch twice or skip one. If the read
+Its position in each partition is a checkpoint stored in Redis *in the same Lua script* as the
+documents and index entries it wrote (one script per batch, every key in the partition's hash
+slot, so it runs unchanged on Redis Cluster), so a crash can never apply a batch twice or skip one. If the read
 models are dropped (``runledger read-models rebuild``), the checkpoints go with them and the
 projector replays that partition from offset 0. After each batch it publishes its progress so
 the ingress can answer a write only once the write is readable.
@@ -12,18 +13,67 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from pydantic import ValidationError
-from redis.exceptions import WatchError
 
 from runledger.messages.codec import decode_event
 from runledger.readmodel.keys import Keys
 from runledger.readmodel.projection import Changes, Projection
+from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.process import run_until_stopped
 from runledger.settings import Settings
 from runledger.topics import PROJECTOR
+
+# One batch of one partition, atomically: refuse if a rebuild fences the partition or if the
+# checkpoint is no longer the one the documents were read at (another projector, or a rebuild,
+# wrote in between: the caller re-reads and retries); else apply the net changes, move the
+# checkpoint and publish the progress. Every key is in the partition's slot (Redis Cluster safe).
+# KEYS: checkpoint, fence, then the keys the ops name by index. ARGV: expected checkpoint ('' for
+# none), new checkpoint, progress channel, progress message, then ops (code, key index, args...).
+_APPLY_BATCH = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return -2 end
+local i, n = 5, #ARGV
+while i <= n do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'S' then redis.call('SET', key, ARGV[i + 2]); i = i + 3
+  elseif op == 'Z' then redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'z' then redis.call('ZREM', key, ARGV[i + 2]); i = i + 3
+  elseif op == 'A' then redis.call('SADD', key, ARGV[i + 2]); i = i + 3
+  elseif op == 'a' then redis.call('SREM', key, ARGV[i + 2]); i = i + 3
+  elseif op == 'H' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'h' then redis.call('HDEL', key, ARGV[i + 2]); i = i + 3
+  else return redis.error_reply('unknown op ' .. tostring(op)) end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+
+def batch_arguments(checkpoint_key: str, fence_key: str, expected: bytes | None, end: int, channel: str, message: str, changes: Changes):
+    """KEYS and ARGV of ``_APPLY_BATCH`` for ``changes``."""
+    keys = [checkpoint_key, fence_key]
+    index: dict[str, int] = {}
+
+    def at(key: str) -> int:
+        found = index.get(key)
+        if found is None:
+            keys.append(key)
+            found = index[key] = len(keys)
+        return found
+
+    args: list = [expected or b"", end, channel, message]
+    for key, doc in changes.docs.items():
+        args += ("S", at(key), orjson.dumps(doc))
+    for (key, member), score in changes.zsets.items():
+        args += ("Z", at(key), score, member) if score is not None else ("z", at(key), member)
+    for (key, member), present in changes.sets.items():
+        args += ("A" if present else "a", at(key), member)
+    for (key, name), value in changes.hashes.items():
+        args += ("H", at(key), name, value) if value is not None else ("h", at(key), name)
+    return keys, args
 
 
 class ProjectorService(ConsumerService):
@@ -33,9 +83,10 @@ class ProjectorService(ConsumerService):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys(settings.redis_prefix, settings.partitions)
         self.projection = Projection(self.keys)
-        self.redis = aioredis.from_url(settings.redis_url)
+        self.redis = redis_clients.client(settings)
+        self._apply_batch = self.redis.register_script(_APPLY_BATCH)
         self._last_realign = 0.0
 
     def source(self):
@@ -61,86 +112,94 @@ class ProjectorService(ConsumerService):
     async def realign(self) -> None:
         """When idle, notice dropped read models (checkpoint behind our position) and replay."""
         tps = sorted(self.consumer.assignment())
-        if not tps or await self.redis.exists(self.keys.rebuild_fence):
+        if not tps:
             return
-        values = await self.redis.mget([self.keys.checkpoint(tp.partition) for tp in tps])
-        for tp, value in zip(tps, values):
-            checkpoint = int(value or 0)
+        values = await redis_clients.mget(
+            self.redis, [k for tp in tps for k in (self.keys.checkpoint(tp.partition), self.keys.rebuild_fence(tp.partition))]
+        )
+        for tp, checkpoint, fence in zip(tps, values[0::2], values[1::2]):
+            if fence is not None:
+                continue  # a rebuild is dropping this partition's read model: look again later
+            checkpoint = int(checkpoint or 0)
             if checkpoint < await self.consumer.position(tp):
                 self.log.info("read model behind the consumer: replaying", partition=tp.partition, checkpoint=checkpoint)
                 self.consumer.seek(tp, checkpoint)
 
     async def seek_to_checkpoints(self, tps) -> None:
-        values = await self.redis.mget([self.keys.checkpoint(tp.partition) for tp in tps]) if tps else []
+        values = await redis_clients.mget(self.redis, [self.keys.checkpoint(tp.partition) for tp in tps])
         for tp, value in zip(tps, values):
             self.consumer.seek(tp, int(value or 0))
 
     async def apply(self, tp: TopicPartition, records) -> None:
-        checkpoint_key = self.keys.checkpoint(tp.partition)
+        partition = tp.partition
+        checkpoint_key, fence_key = self.keys.checkpoint(partition), self.keys.rebuild_fence(partition)
+        decoded = self._decode(records)
+        needed: dict[str, None] = {}
+        for record, env in decoded:
+            if not isinstance(env, Exception):
+                try:
+                    needed.update(dict.fromkeys(self.projection.keys_needed(env)))
+                except Exception:
+                    pass  # set aside in _project
+        keys = list(needed)
         while True:
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    await pipe.watch(checkpoint_key, self.keys.rebuild_fence)
-                    checkpoint, fence = await pipe.mget(checkpoint_key, self.keys.rebuild_fence)
-                    if fence is not None:  # a rebuild is dropping the read models: wait for it
-                        await pipe.reset()
-                        await asyncio.sleep(0.05)
-                        continue
-                    position = int(checkpoint or 0)
-                    fresh = [r for r in records if r.offset >= position]
-                    if not fresh:
-                        return
-                    if fresh[0].offset > position:  # read models were dropped: replay from there
-                        self.consumer.seek(tp, position)
-                        return
-                    changes = await self._project(pipe, fresh)
-                    end = fresh[-1].offset + 1
-                    pipe.multi()
-                    if changes.docs:
-                        pipe.mset({k: orjson.dumps(v) for k, v in changes.docs.items()})
-                    for key, score, member in changes.zadd:
-                        pipe.zadd(key, {member: score})
-                    for key, member in changes.sadd:
-                        pipe.sadd(key, member)
-                    for key, field, value in changes.hset:
-                        pipe.hset(key, field, value)
-                    pipe.set(checkpoint_key, end)
-                    pipe.publish(self.keys.progress_channel, f"{tp.partition}:{end}")
-                    await pipe.execute()
-                    self.handled += len(fresh)
-                    return
-            except WatchError:
+            # checkpoint, fence and documents in one read: all in the partition's slot
+            values = await self.redis.mget([checkpoint_key, fence_key, *keys])
+            checkpoint, fence, loaded = values[0], values[1], values[2:]
+            if fence is not None:  # a rebuild is dropping the read models: wait for it
+                await asyncio.sleep(0.05)
                 continue
+            position = int(checkpoint or 0)
+            fresh = [(r, env) for r, env in decoded if r.offset >= position]
+            if not fresh:
+                return
+            if fresh[0][0].offset > position:  # read models were dropped: replay from there
+                self.consumer.seek(tp, position)
+                return
+            docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(keys, loaded)}
+            changes = await self._project(fresh, docs)
+            end = fresh[-1][0].offset + 1
+            script_keys, args = batch_arguments(
+                checkpoint_key, fence_key, checkpoint, end, self.keys.progress_channel, f"{partition}:{end}", changes
+            )
+            if await self._apply_batch(keys=script_keys, args=args) == 1:
+                self.handled += len(fresh)
+                return
+            # fenced, or the checkpoint moved under us: read again
 
-    async def _project(self, pipe, records) -> Changes:
-        """The changes ``records`` make, loading the documents they need. A record that cannot be
-        decoded or projected goes to the dead-letter topic (before the checkpoint passes it) and
-        contributes nothing; the rest of the batch is applied."""
-        envelopes = []
+    def _decode(self, records) -> list:
+        """``(record, envelope or the decoding error)`` for each record."""
+        out = []
         for record in records:
             try:
-                envelopes.append((record, decode_event(record.value)))
+                out.append((record, decode_event(record.value)))
             except (ValidationError, ValueError) as exc:
-                await self.dead_letter(record, "decode", exc)
-        needed: dict[str, None] = {}
-        for record, env in list(envelopes):
+                out.append((record, exc))
+        return out
+
+    async def _project(self, fresh, loaded: dict) -> Changes:
+        """The changes the ``fresh`` records make to the ``loaded`` documents. A record that cannot
+        be decoded or projected goes to the dead-letter topic (before the checkpoint passes it)
+        and contributes nothing; the rest of the batch is applied."""
+        envelopes = []
+        for record, env in fresh:
+            if isinstance(env, Exception):
+                await self.dead_letter(record, "decode", env)
+                continue
             try:
-                needed.update(dict.fromkeys(self.projection.keys_needed(env)))
+                self.projection.keys_needed(env)
             except Exception as exc:
                 await self.dead_letter(record, "project", exc)
-                envelopes.remove((record, env))
-        keys = list(needed)
-        loaded = await pipe.mget(keys) if keys else []
-        docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(keys, loaded)}
-        changes = Changes()
+                continue
+            envelopes.append((record, env))
+        docs, changes = dict(loaded), Changes()
         try:
             for _, env in envelopes:
                 self.projection.apply(env, docs, changes)
             return changes
         except Exception:
             pass  # rare: redo one event at a time, so only the bad one is set aside
-        docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(keys, loaded)}
-        changes = Changes()
+        docs, changes = dict(loaded), Changes()
         for record, env in envelopes:
             trial_docs, trial = dict(docs), changes.copy()
             try:
@@ -150,7 +209,6 @@ class ProjectorService(ConsumerService):
                 continue
             docs, changes = trial_docs, trial
         return changes
-
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from runledger.services.runtime import kafka as clients
+from runledger.services.runtime import redis as redis_clients
 from runledger.messages.codec import decode_reply, encode
 from runledger.messages.commands import CommandEnvelope, Reply, ReplyTo
 from runledger.readmodel.keys import Keys
@@ -88,7 +89,8 @@ class ProjectionTracker:
                 self._advance(int(partition), int(position))
 
     async def _poll_once(self) -> None:
-        values = await self.redis.mget([self.keys.checkpoint(p) for p in range(self.partitions)])
+        # one checkpoint key per partition, each in its partition's slot (a cluster splits the read)
+        values = await redis_clients.mget(self.redis, [self.keys.checkpoint(p) for p in range(self.partitions)])
         for p, value in enumerate(values):
             if value is not None:
                 self._advance(p, int(value))

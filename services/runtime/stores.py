@@ -1,14 +1,21 @@
-"""Redis adapters of the ingress: read-model queries and the idempotency-key store."""
+"""Redis adapters of the ingress: read-model queries (documents by id, and the execution of the
+query planner's index walks) and the idempotency-key store."""
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from runledger.domain.idempotency import ClaimResult, claim_value, interpret_claim, scoped_key
+from runledger.readmodel.indexes import FLOW_RUN
 from runledger.readmodel.keys import Keys
+from runledger.readmodel.planner import Plan
+from runledger.services.runtime import redis as redis_clients
+from runledger.services.runtime.redis import AsyncRedis
 
 Doc = dict[str, Any]
 
@@ -43,7 +50,7 @@ return {flow, redis.call('GET', ARGV[1] .. group_id)}
 
 
 class IdempotencyStore:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, ttl_seconds: int) -> None:
+    def __init__(self, redis: AsyncRedis, keys: Keys, ttl_seconds: int) -> None:
         self.keys, self.ttl = keys, ttl_seconds
         self._claim = redis.register_script(_CLAIM)
         self._confirm = redis.register_script(_CONFIRM)
@@ -59,9 +66,34 @@ class IdempotencyStore:
         await self._confirm(keys=[redis_key], args=[claim_value(run_id), run_id], client=pipe)
 
 
+@dataclass
+class Walk:
+    """What an index walk read: the matching documents in walk order, how many documents it
+    examined, whether the scan limit cut it short, and where it stopped (for a cursor)."""
+
+    docs: list[Doc]
+    examined: int = 0
+    truncated: bool = False
+    exhausted: bool = True  # nothing left in the index range after ``last``
+    last: tuple[float, str] | None = None
+    plan: Plan | None = None
+
+
+class _Desc:
+    """Reverses the order of a heap entry (heapq is a min-heap)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key) -> None:
+        self.key = key
+
+    def __lt__(self, other: "_Desc") -> bool:
+        return self.key > other.key
+
+
 class ReadModels:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
-        self.redis, self.k = redis, keys
+    def __init__(self, redis: AsyncRedis, keys: Keys, scan_limit: int = 1000) -> None:
+        self.redis, self.k, self.scan_limit = redis, keys, scan_limit
         self._flow_and_group = redis.register_script(_FLOW_AND_GROUP)
 
     async def _get(self, key: str) -> Doc | None:
@@ -71,32 +103,161 @@ class ReadModels:
     async def _many(self, keys: list[str]) -> list[Doc]:
         if not keys:
             return []
-        return [orjson.loads(v) for v in await self.redis.mget(keys) if v is not None]
+        return [orjson.loads(v) for v in await redis_clients.mget(self.redis, keys) if v is not None]
 
+    # -- documents by id ---------------------------------------------------------------------
     async def flow_run(self, run_id: str) -> Doc | None:
         return await self._get(self.k.flow_run(run_id))
 
     async def flow_runs(self, run_ids: list[str]) -> list[Doc]:
         return await self._many([self.k.flow_run(i) for i in run_ids])
 
-    async def task_run(self, task_run_id: str) -> Doc | None:
-        return await self._get(self.k.task_run(task_run_id))
+    async def task_run(self, task_run_id: str, flow_run_id: str | None = None) -> Doc | None:
+        if flow_run_id is not None:
+            return await self._get(self.k.task_run(task_run_id, flow_run_id))
+        found = await self.task_runs([task_run_id])
+        return found[0] if found else None
 
-    async def task_runs(self, task_run_ids: list[str]) -> list[Doc]:
-        return await self._many([self.k.task_run(i) for i in task_run_ids])
+    async def task_runs(self, task_run_ids: list[str], flow_run_id: str | None = None) -> list[Doc]:
+        """Task runs by id. Without their flow run's id the partition is unknown: every partition
+        is probed (one round trip, ``partitions`` keys per id)."""
+        if flow_run_id is not None:
+            return await self._many([self.k.task_run(i, flow_run_id) for i in task_run_ids])
+        probe = [self.k.task_run_in(p, i) for i in task_run_ids for p in range(self.k.partitions)]
+        return await self._many(probe)
 
-    async def runs_of_flow(self, flow_id: str, offset: int, limit: int) -> tuple[list[Doc], int]:
-        key = self.k.runs_of_flow(flow_id)
+    # -- index walks -------------------------------------------------------------------------
+    def _streams(self, plan: Plan) -> list[tuple[str, int]]:
+        """The sorted sets a plan reads, with their partitions."""
+        out = []
+        for value in plan.values:
+            if plan.index == "tr:flow_run":  # a flow run's task runs are in its partition only
+                out.append((self.k.index(self.k.partition(value), plan.index, value), self.k.partition(value)))
+            else:
+                out += [(self.k.index(p, plan.index, value), p) for p in range(self.k.partitions)]
+        return out
+
+    def _doc_key(self, entity: str, member: str, partition: int) -> str:
+        return self.k.flow_run(member) if entity == FLOW_RUN else self.k.task_run_in(partition, member)
+
+    async def by_ids(self, plan: Plan) -> list[Doc]:
+        if plan.entity == FLOW_RUN:
+            return await self.flow_runs(list(plan.ids))
+        return await self.task_runs(list(plan.ids))
+
+    async def walk(
+        self,
+        plan: Plan,
+        predicate: Callable[[Doc], bool] | None = None,
+        *,
+        need: int | None = None,
+        scan_limit: int | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> Walk:
+        """Walk ``plan``'s index (a k-way merge over partitions and values by score, ties by id),
+        keep the documents ``predicate`` accepts, stop after ``need`` of them or after examining
+        ``scan_limit`` documents; ``after`` resumes strictly after a (score, id) position."""
+        limit = scan_limit or self.scan_limit
+        desc = plan.descending
+        low = "-inf" if plan.score_min is None else repr(plan.score_min)
+        high = "+inf" if plan.score_max is None else repr(plan.score_max)
+        if after is not None:
+            if desc:
+                high = repr(after[0]) if plan.score_max is None or after[0] < plan.score_max else high
+            else:
+                low = repr(after[0]) if plan.score_min is None or after[0] > plan.score_min else low
+        chunk = 256 if need is None else max(16, min(256, 2 * need))
+        streams = self._streams(plan)
+        offsets = [0] * len(streams)
+        exhausted = [False] * len(streams)
+        heap: list = []
+
+        def push(i: int, entries) -> None:
+            for member, score in entries:
+                member = member.decode() if isinstance(member, bytes) else member
+                if after is not None and ((score, member) <= after if not desc else (score, member) >= after):
+                    continue
+                key = (score, member)
+                heapq.heappush(heap, (_Desc(key) if desc else key, i, member, score))
+
+        def query(pipe_or_client, i: int):
+            key = streams[i][0]
+            if desc:
+                return pipe_or_client.zrevrangebyscore(key, high, low, start=offsets[i], num=chunk, withscores=True)
+            return pipe_or_client.zrangebyscore(key, low, high, start=offsets[i], num=chunk, withscores=True)
+
+        pending = [0] * len(streams)  # entries of each stream in the heap
+
+        def take(i: int, entries) -> None:
+            offsets[i] += len(entries)
+            exhausted[i] = len(entries) < chunk
+            before = len(heap)
+            push(i, entries)
+            pending[i] += len(heap) - before
+
+        async def refill(i: int) -> None:
+            """Keep one entry of every unfinished stream in the heap (the merge needs it)."""
+            while pending[i] == 0 and not exhausted[i]:
+                take(i, await query(self.redis, i))
+
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrevrange(key, offset, offset + limit - 1)
-            pipe.zcard(key)
-            ids, total = await pipe.execute()
-        return await self.flow_runs([i.decode() for i in ids]), total
+            for i in range(len(streams)):
+                query(pipe, i)
+            for i, entries in enumerate(await pipe.execute()):
+                take(i, entries)
+        for i in range(len(streams)):
+            await refill(i)
+        result = Walk([], plan=plan)
+        seen: set[str] = set()
+        while heap and result.examined < limit and (need is None or len(result.docs) < need):
+            # the next batch in merged order; a stream whose buffered entries run out is refilled
+            batch: list[tuple[str, int, float]] = []
+            want = min(limit - result.examined, chunk if need is None else max(need - len(result.docs), 8))
+            while heap and len(batch) < want:
+                _, i, member, score = heapq.heappop(heap)
+                pending[i] -= 1
+                await refill(i)
+                if member in seen:
+                    continue
+                seen.add(member)
+                batch.append((member, streams[i][1], score))
+            raws = await redis_clients.mget(self.redis, [self._doc_key(plan.entity, m, p) for m, p, _ in batch])
+            consumed = 0
+            for (member, _, score), raw in zip(batch, raws):
+                consumed += 1
+                result.examined += 1
+                result.last = (score, member)
+                if raw is None:
+                    continue
+                doc = orjson.loads(raw)
+                if predicate is None or predicate(doc):
+                    result.docs.append(doc)
+                    if need is not None and len(result.docs) >= need:
+                        break
+            if consumed < len(batch):  # stopped inside the batch: the rest is still to come
+                result.exhausted = False
+                return result
+        more = bool(heap) or not all(exhausted)
+        result.exhausted = not more
+        result.truncated = more and result.examined >= limit and (need is None or len(result.docs) < need)
+        return result
 
-    async def recent_flow_runs(self, offset: int, limit: int) -> list[Doc]:
-        ids = await self.redis.zrevrange(self.k.flow_runs, offset, offset + limit - 1)
-        return await self.flow_runs([i.decode() for i in ids])
+    async def index_size(self, plan: Plan) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, _ in self._streams(plan):
+                pipe.zcard(key)
+            return sum(await pipe.execute())
 
+    # -- runs of a flow (REST /flows/{id}/flow_runs) -----------------------------------------
+    async def runs_of_flow(self, flow_id: str, offset: int, limit: int) -> tuple[list[Doc], int]:
+        """A flow's runs, latest scheduled start first."""
+        from runledger.readmodel.planner import plan as make_plan
+
+        flow_plan = make_plan(FLOW_RUN, {"flow_id": {"_eq": flow_id}}, {"scheduled_start_time": "desc"})
+        walk = await self.walk(flow_plan, None, need=offset + limit, scan_limit=offset + limit)
+        return walk.docs[offset:], await self.index_size(flow_plan)
+
+    # -- registry (one slot) -----------------------------------------------------------------
     async def project(self, project_id: str) -> Doc | None:
         return await self._get(self.k.project(project_id))
 
@@ -119,6 +280,9 @@ class ReadModels:
         ids = await self.redis.zrevrange(self.k.flows, offset, offset + limit - 1)
         return await self._many([self.k.flow(i.decode()) for i in ids])
 
+    async def flow_count(self) -> int:
+        return await self.redis.zcard(self.k.flows)
+
     async def flows_by_id(self, flow_ids: list[str]) -> list[Doc]:
         return await self._many([self.k.flow(i) for i in flow_ids])
 
@@ -127,7 +291,8 @@ class ReadModels:
         return await self._many([self.k.flow(i.decode()) for i in sorted(ids)])
 
     async def flow_and_group(self, flow_id: str) -> tuple[Doc | None, Doc | None]:
-        flow, group = await self._flow_and_group(keys=[self.k.flow(flow_id)], args=[self.k.flow_group("")])
+        # the group's key is built in the script; it is in the flow's slot (both are the registry's)
+        flow, group = await self._flow_and_group(keys=[self.k.flow(flow_id)], args=[self.k.flow_group_prefix()])
         return (orjson.loads(flow) if flow else None), (orjson.loads(group) if group else None)
 
     async def flow_group(self, group_id: str) -> Doc | None:

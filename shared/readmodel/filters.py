@@ -1,6 +1,7 @@
 """Hasura-style ``where`` / ``order_by`` evaluation over read-model documents (pure).
 
-Supports what Prefect 1.x clients send: ``_eq _neq _in _nin _gt _gte _lt _lte _is_null``,
+Supports what Prefect 1.x clients send: ``_eq _neq _in _nin _gt _gte _lt _lte _is_null``, the
+jsonb list operators ``_contains _has_key _has_keys_all _has_keys_any`` (for ``labels``),
 ``_and`` (a list, a single object, or ``{}`` meaning true), ``_or``, ``_not``, and nested
 object-relation filters (``project: {name: {_eq: ...}}``) through a resolver for relations.
 """
@@ -35,6 +36,14 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
         return any(_compare("_eq", actual, e) for e in expected)
     if op == "_nin":
         return not _compare("_in", actual, expected)
+    if op in ("_contains", "_has_key", "_has_keys_all", "_has_keys_any"):
+        # jsonb operators, for list fields (labels): every / any wanted element is present
+        if not isinstance(actual, list):
+            return False
+        wanted = expected if isinstance(expected, list) else [expected]
+        if op == "_has_keys_any":
+            return any(w in actual for w in wanted)
+        return all(w in actual for w in wanted)
     if actual is None:
         return False
     a, e = _comparable(actual), _comparable(expected)

@@ -2,74 +2,108 @@
 
 ``{prefix}:rm:*`` are read models (rebuildable from the log); ``{prefix}:idem:*`` are
 idempotency keys (not derivable from the log: their TTL refreshes are not events).
+
+Redis Cluster: every read-model key carries the hash tag ``{p<N>}`` of the events partition its
+aggregate's events are on (``runledger.partitioning.partition_for`` of the aggregate id, as the
+Kafka producer's default partitioner). So everything one projector batch touches — the documents,
+their indexes, the partition's checkpoint and its rebuild fence — is in ONE hash slot, and one
+Lua script per batch is cluster-safe. A flow run and its task runs are in their run's partition;
+projects, flows and flow groups belong to the registry aggregate (key ``"registry"``) and are in
+that aggregate's partition. Indexes are per partition (``rl:rm:{p3}:idx:...``); a query over all
+runs asks every partition and merges.
 """
 
 from __future__ import annotations
 
+from runledger.partitioning import partition_for
+
+from runledger.topics import REGISTRY_AGGREGATE
+
 
 class Keys:
-    def __init__(self, prefix: str = "rl") -> None:
+    def __init__(self, prefix: str = "rl", partitions: int = 8) -> None:
         self.prefix = prefix
+        self.partitions = partitions
         self.rm = f"{prefix}:rm"
+        self._tags = [f"{self.rm}:{{p{p}}}" for p in range(partitions)]
+        self.registry_partition = partition_for(REGISTRY_AGGREGATE, partitions)
+        self._reg = self._tags[self.registry_partition]
 
-    # read models
+    # -- partitions ---------------------------------------------------------------------------
+    def partition(self, aggregate_id: str) -> int:
+        return partition_for(aggregate_id, self.partitions)
+
+    def tag(self, partition: int) -> str:
+        """``rl:rm:{p3}``: the prefix of every read-model key of partition 3."""
+        return self._tags[partition]
+
+    def partition_pattern(self, partition: int) -> str:
+        return f"{self._tags[partition]}:*"
+
+    # -- the flow-run aggregate (its partition's slot) ------------------------------------------
     def flow_run(self, run_id: str) -> str:
-        return f"{self.rm}:flow_run:{run_id}"
+        return f"{self._tags[self.partition(run_id)]}:flow_run:{run_id}"
 
-    def task_run(self, task_run_id: str) -> str:
-        return f"{self.rm}:task_run:{task_run_id}"
+    def task_run(self, task_run_id: str, flow_run_id: str) -> str:
+        """A task run lives in its flow run's slot (its events are its flow run's)."""
+        return self.task_run_in(self.partition(flow_run_id), task_run_id)
 
-    def runs_of_flow(self, flow_id: str) -> str:
-        return f"{self.rm}:runs_of_flow:{flow_id}"
+    def task_run_in(self, partition: int, task_run_id: str) -> str:
+        return f"{self._tags[partition]}:task_run:{task_run_id}"
 
-    @property
-    def flow_runs(self) -> str:
-        return f"{self.rm}:flow_runs"
-
+    # -- the registry aggregate (one slot) -----------------------------------------------------
     def project(self, project_id: str) -> str:
-        return f"{self.rm}:project:{project_id}"
+        return f"{self._reg}:project:{project_id}"
 
     @property
     def projects(self) -> str:
-        return f"{self.rm}:projects"
+        return f"{self._reg}:projects"
 
     @property
     def project_by_name(self) -> str:
-        return f"{self.rm}:project_by_name"
+        return f"{self._reg}:project_by_name"
 
     def flow(self, flow_id: str) -> str:
-        return f"{self.rm}:flow:{flow_id}"
+        return f"{self._reg}:flow:{flow_id}"
 
     @property
     def flows(self) -> str:
-        return f"{self.rm}:flows"
+        return f"{self._reg}:flows"
 
     def flows_by_name(self, name: str) -> str:
-        return f"{self.rm}:flows_by_name:{name}"
+        return f"{self._reg}:flows_by_name:{name}"
 
     def flow_group(self, group_id: str) -> str:
-        return f"{self.rm}:flow_group:{group_id}"
+        return f"{self._reg}:flow_group:{group_id}"
+
+    def flow_group_prefix(self) -> str:
+        return f"{self._reg}:flow_group:"
 
     @property
     def registry(self) -> str:
-        return f"{self.rm}:registry"
+        return f"{self._reg}:registry"
 
-    # projector bookkeeping (also part of the read model: dropped together with it)
+    # -- secondary indexes (per partition; see runledger.readmodel.indexes) ---------------------
+    def index(self, partition: int, name: str, value: str | None = None) -> str:
+        base = f"{self._tags[partition]}:idx:{name}"
+        return base if value is None else f"{base}:{value}"
+
+    # -- projector bookkeeping (part of the read model: dropped together with it) -------------
     def checkpoint(self, partition: int) -> str:
-        return f"{self.rm}:checkpoint:{partition}"
+        return f"{self._tags[partition]}:checkpoint"
 
     @property
     def read_model_pattern(self) -> str:
         return f"{self.rm}:*"
 
-    @property
-    def rebuild_fence(self) -> str:
-        return f"{self.prefix}:rebuild_fence"
+    def rebuild_fence(self, partition: int) -> str:
+        """Outside ``rm`` (a rebuild does not drop it) but in the partition's slot."""
+        return f"{self.prefix}:{{p{partition}}}:rebuild_fence"
 
     @property
     def progress_channel(self) -> str:
         return f"{self.prefix}:projection_progress"
 
-    # idempotency
+    # idempotency (one key per use: any slot)
     def idempotency(self, scoped: str) -> str:
         return f"{self.prefix}:idem:{scoped}"

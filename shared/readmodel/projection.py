@@ -13,6 +13,8 @@ from typing import Any
 from runledger.domain.states import StateType, is_finished, is_running
 from runledger.messages import events as e
 from runledger.messages.events import EventEnvelope
+from runledger.readmodel import indexes
+from runledger.readmodel.indexes import FLOW_RUN, TASK_RUN
 from runledger.readmodel.keys import Keys
 
 
@@ -26,20 +28,70 @@ def _score(t: datetime) -> float:
 
 @dataclass
 class Changes:
-    """Documents to write (whole) and index entries to add."""
+    """What a batch of events does to Redis: documents to write (whole), and the *net* effect on
+    sorted sets, sets and hashes — for each (key, member) the last thing the batch did, an add (a
+    score / True / a value) or a removal (None / False / None). Net effects make the order of the
+    writes irrelevant, so applying them is deterministic whatever the batch looked like."""
 
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    zadd: list[tuple[str, float, str]] = field(default_factory=list)
-    sadd: list[tuple[str, str]] = field(default_factory=list)
-    hset: list[tuple[str, str, str]] = field(default_factory=list)
+    zsets: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    sets: dict[tuple[str, str], bool] = field(default_factory=dict)
+    hashes: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
+    def z_add(self, key: str, score: float, member: str) -> None:
+        self.zsets[(key, member)] = score
+
+    def z_rem(self, key: str, member: str) -> None:
+        self.zsets[(key, member)] = None
+
+    def s_add(self, key: str, member: str) -> None:
+        self.sets[(key, member)] = True
+
+    def s_rem(self, key: str, member: str) -> None:
+        self.sets[(key, member)] = False
+
+    def h_set(self, key: str, name: str, value: str) -> None:
+        self.hashes[(key, name)] = value
+
+    def h_del(self, key: str, name: str) -> None:
+        self.hashes[(key, name)] = None
+
+    # views by kind of write, in first-touched order
+    @property
+    def zadd(self) -> list[tuple[str, float, str]]:
+        return [(k, s, m) for (k, m), s in self.zsets.items() if s is not None]
+
+    @property
+    def zrem(self) -> list[tuple[str, str]]:
+        return [(k, m) for (k, m), s in self.zsets.items() if s is None]
+
+    @property
+    def sadd(self) -> list[tuple[str, str]]:
+        return [(k, m) for (k, m), present in self.sets.items() if present]
+
+    @property
+    def srem(self) -> list[tuple[str, str]]:
+        return [(k, m) for (k, m), present in self.sets.items() if not present]
+
+    @property
+    def hset(self) -> list[tuple[str, str, str]]:
+        return [(k, f, v) for (k, f), v in self.hashes.items() if v is not None]
+
+    @property
+    def hdel(self) -> list[tuple[str, str]]:
+        return [(k, f) for (k, f), v in self.hashes.items() if v is None]
 
     def copy(self) -> "Changes":
-        return Changes(dict(self.docs), list(self.zadd), list(self.sadd), list(self.hset))
+        return Changes(dict(self.docs), dict(self.zsets), dict(self.sets), dict(self.hashes))
 
 
 class Projection:
     def __init__(self, keys: Keys) -> None:
         self.k = keys
+
+    def partition(self, env: EventEnvelope) -> int:
+        """The events partition (and Redis slot) of the event's aggregate."""
+        return self.k.partition(env.flow_run_id) if env.flow_run_id is not None else self.k.registry_partition
 
     def aggregate_key(self, env: EventEnvelope) -> str:
         """The document that records how far an aggregate's events have been applied."""
@@ -50,7 +102,7 @@ class Projection:
         needed = [self.aggregate_key(env)]
         task_run_id = getattr(p, "task_run_id", None)
         if task_run_id is not None:
-            needed.append(self.k.task_run(task_run_id))
+            needed.append(self.k.task_run(task_run_id, env.flow_run_id))
         if isinstance(p, e.FlowRegistered):
             needed.append(self.k.flow_group(p.flow.version_group_id))
             needed += [self.k.flow(fid) for fid in p.archived_flow_ids]
@@ -69,13 +121,28 @@ class Projection:
         if env.seq <= applied_seq:
             return False
 
-        def put(key: str, doc: dict[str, Any]) -> None:
+        def put(key: str, doc: dict[str, Any], entity: str | None = None) -> None:
+            if entity is not None:
+                self._reindex(env, entity, docs.get(key), doc, changes)
             docs[key] = doc
             changes.docs[key] = doc
 
         self._apply(env, docs, put, changes)
         put(agg_key, {**(docs.get(agg_key) or {}), "seq": env.seq})
         return True
+
+    def _reindex(self, env: EventEnvelope, entity: str, old: dict | None, new: dict, changes: Changes) -> None:
+        """Move the document's index entries from what ``old`` was in to what ``new`` is in."""
+        before, after = indexes.entries(entity, old), indexes.entries(entity, new)
+        if before == after:
+            return
+        p, member = self.partition(env), new["id"]
+        for (name, value), score in before.items():
+            if (name, value) not in after:
+                changes.z_rem(self.k.index(p, name, value), member)
+        for (name, value), score in after.items():
+            if before.get((name, value)) != score:
+                changes.z_add(self.k.index(p, name, value), score, member)
 
     def _apply(self, env: EventEnvelope, docs, put, changes: Changes) -> None:
         p, k, t = env.payload, self.k, env.time
@@ -97,15 +164,13 @@ class Projection:
                     task_run_ids=[],
                 )
                 doc.pop("flow_run_id")
-                put(k.flow_run(spec.flow_run_id), doc)
-                changes.zadd.append((k.runs_of_flow(spec.flow_id), _score(t), spec.flow_run_id))
-                changes.zadd.append((k.flow_runs, _score(t), spec.flow_run_id))
+                put(k.flow_run(spec.flow_run_id), doc, FLOW_RUN)
             case e.TaskRunCreated():
                 run = dict(docs[k.flow_run(env.flow_run_id)])
                 run["task_run_ids"] = [*run["task_run_ids"], p.task_run_id]
                 put(k.flow_run(env.flow_run_id), run)
                 put(
-                    k.task_run(p.task_run_id),
+                    k.task_run(p.task_run_id, env.flow_run_id),
                     {
                         "id": p.task_run_id,
                         "flow_run_id": env.flow_run_id,
@@ -125,35 +190,36 @@ class Projection:
                         "duration_seconds": None,
                         "heartbeat": None,
                     },
+                    TASK_RUN,
                 )
             case e.FlowRunStateSet(state=state, version=version):
                 key = k.flow_run(env.flow_run_id)
-                put(key, _with_state(docs[key], state, version, t))
+                put(key, _with_state(docs[key], state, version, t), FLOW_RUN)
             case e.TaskRunStateSet(task_run_id=tr_id, state=state, version=version):
-                key = k.task_run(tr_id)
-                put(key, _with_state(docs[key], state, version, t))
+                key = k.task_run(tr_id, env.flow_run_id)
+                put(key, _with_state(docs[key], state, version, t), TASK_RUN)
             case e.FlowRunRenamed(name=name):
                 key = k.flow_run(env.flow_run_id)
                 put(key, {**docs[key], "name": name, "updated": _iso(t)})
             case e.TaskRunRenamed(task_run_id=tr_id, name=name):
-                key = k.task_run(tr_id)
+                key = k.task_run(tr_id, env.flow_run_id)
                 put(key, {**docs[key], "name": name, "updated": _iso(t)})
             case e.FlowRunHeartbeatRecorded():
                 key = k.flow_run(env.flow_run_id)
                 put(key, {**docs[key], "heartbeat": _iso(t)})
             case e.TaskRunHeartbeatRecorded(task_run_id=tr_id):
-                key = k.task_run(tr_id)
+                key = k.task_run(tr_id, env.flow_run_id)
                 put(key, {**docs[key], "heartbeat": _iso(t)})
             case e.ProjectCreated():
                 put(k.project(p.project_id), {"id": p.project_id, "name": p.name, "description": p.description, "created": _iso(t)})
-                changes.zadd.append((k.projects, _score(t), p.project_id))
-                changes.hset.append((k.project_by_name, p.name, p.project_id))
+                changes.z_add(k.projects, _score(t), p.project_id)
+                changes.h_set(k.project_by_name, p.name, p.project_id)
             case e.FlowRegistered(flow=flow, archived_flow_ids=archived):
                 doc = flow.model_dump(mode="json")
                 doc.update(flow_group_id=flow.version_group_id, archived=False, created=_iso(t))
                 put(k.flow(flow.id), doc)
-                changes.zadd.append((k.flows, _score(t), flow.id))
-                changes.sadd.append((k.flows_by_name(flow.name), flow.id))
+                changes.z_add(k.flows, _score(t), flow.id)
+                changes.s_add(k.flows_by_name(flow.name), flow.id)
                 for fid in archived:
                     put(k.flow(fid), {**docs[k.flow(fid)], "archived": True})
                 gkey = k.flow_group(flow.version_group_id)

@@ -1,4 +1,4 @@
-"""Every read model can be dropped and rebuilt from the log by one command."""
+"""Every read model can be dropped and rebuilt from the log by one command, indexes included."""
 
 from __future__ import annotations
 
@@ -8,41 +8,69 @@ import sys
 from tests.conftest import register
 
 
-def snapshot(redis_client) -> dict:
+def snapshot(redis_client, pattern: str = "rl:rm:*") -> dict:
+    """Every read-model key with its value, by type: strings, sets, sorted sets (with scores),
+    hashes. Works on a single Redis and on a cluster client."""
     out = {}
-    for key in redis_client.scan_iter(match="rl:rm:*", count=1000):
+    for key in redis_client.scan_iter(match=pattern, count=1000):
         kind = redis_client.type(key).decode()
         if kind == "string":
-            out[key] = redis_client.get(key)
+            out[key] = ("string", redis_client.get(key))
         elif kind == "zset":
-            out[key] = redis_client.zrange(key, 0, -1, withscores=True)
+            out[key] = ("zset", redis_client.zrange(key, 0, -1, withscores=True))
         elif kind == "set":
-            out[key] = sorted(redis_client.smembers(key))
+            out[key] = ("set", sorted(redis_client.smembers(key)))
         elif kind == "hash":
-            out[key] = redis_client.hgetall(key)
+            out[key] = ("hash", redis_client.hgetall(key))
         else:
             raise AssertionError(f"unexpected {kind} at {key}")
     return out
 
 
-def test_rebuilt_read_models_equal_the_live_ones(stack, api, project, redis_client):
-    f = register(api, project, tasks=[{"id": "t", "slug": "t-1"}])
-    run = api.post("/flow_runs", json={"flow_id": f["id"]}).json()
-    api.post(f"/flow_runs/{run['id']}/state", json={"state": {"type": "Running"}})
-    live = snapshot(redis_client)
-    assert any(b":flow_run:" in k for k in live) and any(b":checkpoint:" in k for k in live)
-    result = subprocess.run(
+def make_history(api, project) -> list[dict]:
+    """Runs that moved between states (so indexes had entries removed), with labels and task runs."""
+    f = register(api, project, labels=["gpu", "eu"], tasks=[{"id": "t", "slug": "t-1"}, {"id": "u", "slug": "u-1"}])
+    runs = [api.post("/flow_runs", json={"flow_id": f["id"], "labels": labels}).json() for labels in (["gpu"], ["eu", "gpu"], [])]
+    for run, states in zip(runs, (["Running"], ["Running", "Success"], ["Paused"])):
+        for state in states:
+            assert api.post(f"/flow_runs/{run['id']}/state", json={"state": {"type": state}}).status_code == 200
+    (task_run, *_) = api.get(f"/flow_runs/{runs[0]['id']}/task_runs").json()
+    assert api.post(f"/task_runs/{task_run['id']}/state", json={"state": {"type": "Running"}}).status_code == 200
+    return runs
+
+
+def rebuild(stack) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "runledger.services.cli", "read-models", "rebuild", "--timeout", "120"],
         env=stack.env(),
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def assert_indexes_present(live: dict) -> None:
+    names = [k.decode() for k in live]
+    for part in (":checkpoint", ":flow_run:", ":task_run:", ":idx:fr:state:Running", ":idx:fr:state:Success",
+                 ":idx:fr:due", ":idx:fr:label:gpu", ":idx:fr:flow:", ":idx:tr:flow_run:", ":idx:tr:state:Running"):
+        assert any(part in n for n in names), part
+    assert {kind for kind, _ in live.values()} >= {"string", "zset", "set", "hash"}
+
+
+def test_rebuilt_read_models_equal_the_live_ones(stack, api, project, redis_client):
+    runs = make_history(api, project)
+    live = snapshot(redis_client)
+    assert_indexes_present(live)
+    result = rebuild(stack)
     assert result.returncode == 0, result.stderr
     assert f"dropped {len(live)} keys" in result.stdout
     rebuilt = snapshot(redis_client)
-    assert rebuilt.keys() == live.keys()
-    assert rebuilt == live
+    assert sorted(rebuilt) == sorted(live)
+    for key in live:
+        assert rebuilt[key] == live[key], key
+    run = runs[0]
     assert api.get(f"/flow_runs/{run['id']}").json()["version"] == 2
-    # the rebuilt model keeps serving writes
+    # the rebuilt model keeps serving writes, and its indexes follow them
     assert api.post(f"/flow_runs/{run['id']}/state", json={"state": {"type": "Success"}, "version": 2}).json()["version"] == 3
+    listed = api.get("/flow_runs", params={"state": "Success", "flow_id": run["flow_id"]}).json()["flow_runs"]
+    assert sorted(r["id"] for r in listed) == sorted([runs[0]["id"], runs[1]["id"]])

@@ -302,7 +302,7 @@ def test_the_projection_of_the_noisy_log_shows_the_models_state(ops, rnd):
         assert sorted(doc["task_run_ids"]) == sorted(expected.tasks)
         assert doc["seq"] == trace.ledger.aggregates[run_id].seq
         for task_id, (state, version) in expected.tasks.items():
-            task_doc = docs[K.task_run(task_id)]
+            task_doc = docs[K.task_run(task_id, run_id)]
             assert (task_doc["state"]["type"], task_doc["version"]) == (state, version)
             assert [s["version"] for s in task_doc["states"]] == list(range(1, version + 1))
         if expected.state in FINISHED:

@@ -79,7 +79,7 @@ def test_task_run_documents_follow_their_events():
     run.do(c.CancelFlowRun(), 5)
     docs, _, applied = project(run.log)
     assert all(applied)
-    tr0, tr1 = docs[K.task_run("run-1-tr0")], docs[K.task_run("run-1-tr1")]
+    tr0, tr1 = docs[K.task_run("run-1-tr0", "run-1")], docs[K.task_run("run-1-tr1", "run-1")]
     assert [(s["type"], s["version"]) for s in tr0["states"]] == [("Running", 1), ("Cancelling", 2)]
     assert (tr0["name"], tr0["heartbeat"], tr0["start_time"], tr0["end_time"]) == ("renamed", at(4).isoformat(), at(2).isoformat(), None)
     assert (tr1["state"]["type"], tr1["version"], tr1["flow_run_id"]) == ("Cancelled", 1, "run-1")
@@ -90,7 +90,7 @@ def test_task_run_documents_follow_their_events():
 def test_a_fresh_task_run_document_is_pending_at_version_0():
     run = Run(tasks=1)
     docs, _, _ = project(run.log)
-    tr = docs[K.task_run("run-1-tr0")]
+    tr = docs[K.task_run("run-1-tr0", "run-1")]
     assert (tr["state"]["type"], tr["version"], tr["states"], tr["map_index"]) == ("Pending", 0, [], -1)
     flow_run = docs[K.flow_run("run-1")]
     assert (flow_run["id"], flow_run["flow_group_id"], flow_run["name"]) == ("run-1", "group-1", "electric-mandrill")
@@ -110,13 +110,14 @@ def test_duplicated_records_are_skipped_by_seq_and_verdicts_only_advance_seq():
     assert applied == [True, False, True, True, False] + [True] * (len(run.log) - 3) + [False, False]
     assert clean[K.flow_run("run-1")]["seq"] == len(run.log) and clean[K.flow_run("run-1")]["version"] == 2
     # the duplicates wrote nothing
-    assert len([z for z in changes.zadd if z[0] == K.flow_runs]) == 1
+    assert len([z for z in changes.zadd if z[0] == K.index(K.partition("run-1"), "fr:created")]) == 1
 
 
 def test_a_new_run_is_indexed_under_its_flow_by_creation_time():
     run = Run(tasks=0)
     _, changes, _ = project(run.log)
-    assert (K.runs_of_flow("flow-1"), at(0).timestamp() * 1000, "run-1") in changes.zadd
+    assert (K.index(K.partition("run-1"), "fr:created"), at(0).timestamp() * 1000, "run-1") in changes.zadd
+    assert (K.index(K.partition("run-1"), "fr:flow", "flow-1"), T0.timestamp() * 1000, "run-1") in changes.zadd
 
 
 def test_registry_documents():
@@ -150,7 +151,7 @@ def test_keys_needed_name_every_document_an_event_touches():
     run = Run(tasks=1)
     run.do(set_task_state("run-1-tr0", "Running"), 1)
     assert projection.keys_needed(run.log[0]) == [K.flow_run("run-1")]
-    assert projection.keys_needed(run.log[-1]) == [K.flow_run("run-1"), K.task_run("run-1-tr0")]
+    assert projection.keys_needed(run.log[-1]) == [K.flow_run("run-1"), K.task_run("run-1-tr0", "run-1")]
     ledger = Ledger()
     ledger.decide(envelope(REGISTRY_AGGREGATE, c.CreateProject(project_id="p1", name="d")), T0)
     first = FlowDefinition(id="f0", name="etl", project_id="p1", version=0, version_group_id="g0")

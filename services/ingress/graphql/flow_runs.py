@@ -10,11 +10,11 @@ from runledger.services.ingress.application import public
 from runledger.services.ingress.graphql.coercion import json_object, snake, state_input
 from runledger.services.ingress.graphql.errors import error, translate_errors
 from runledger.services.ingress.graphql.views import (
-    SCAN_LIMIT,
-    anchor,
     app_of,
+    flow_run_view,
     flow_views,
     page,
+    planned,
     state_view,
     task_run_view,
     with_state_fields,
@@ -34,27 +34,14 @@ async def resolve_flow_run_by_pk(_, info, id):
 @query.field("flow_run")
 @translate_errors
 async def resolve_flow_runs(_, info, where=None, order_by=None, limit=None, offset=None):
-    app = app_of(info)
     where = json_object(where, "where")
-    if (ids := anchor(where, "id")) is not None:
-        docs = await app.read.flow_runs(ids)
-    elif (flow_ids := anchor(where, "flow_id")) is not None:
-        docs = []
-        for flow_id in flow_ids:
-            docs += (await app.read.runs_of_flow(flow_id, 0, SCAN_LIMIT))[0]
-    else:
-        docs = await app.read.recent_flow_runs(0, SCAN_LIMIT)
-    views = [with_state_fields(public(d)) for d in docs]
-    return page(views, where, order_by, limit, offset, _related_of_flow_run(views))
+    return await planned(info, "flow_run", where, order_by, limit, offset, flow_run_view, _related_of_flow_run)
 
 
-def _related_of_flow_run(views):
-    def related(doc, name):
-        if name == "states":
-            return [state_view(e) for e in doc["_state_entries"]]
-        raise ValueError(f"filtering flow runs on {name!r} is not supported")
-
-    return related
+def _related_of_flow_run(doc, name):
+    if name == "states":
+        return [state_view(e) for e in doc["_state_entries"]]
+    raise ValueError(f"filtering flow runs on {name!r} is not supported")
 
 
 # -- nested fields -------------------------------------------------------------------------------
@@ -72,7 +59,7 @@ async def resolve_states(run, info, where=None, order_by=None):
 
 @flow_run_type.field("task_runs")
 async def resolve_run_task_runs(run, info, where=None, order_by=None, limit=None):
-    docs = await app_of(info).read.task_runs(run["task_run_ids"])
+    docs = await app_of(info).read.task_runs(run["task_run_ids"], flow_run_id=run["id"])
     views = [task_run_view(d) for d in docs]
     return page(views, json_object(where, "where"), order_by, limit, None, lambda doc, name: doc["task"] if name == "task" else None)
 

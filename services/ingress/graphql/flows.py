@@ -7,7 +7,9 @@ from ariadne import ObjectType, QueryType
 from runledger.services.ingress.application import public
 from runledger.services.ingress.graphql.coercion import json_object
 from runledger.services.ingress.graphql.errors import translate_errors
-from runledger.services.ingress.graphql.views import SCAN_LIMIT, anchor, app_of, flow_views, page, with_state_fields
+from runledger.readmodel.planner import Plan
+from runledger.services.ingress.graphql.views import anchor, app_of, flow_run_view, flow_views, page, planned, report_scan
+from runledger.services.runtime.stores import Walk
 
 query, flow_type = QueryType(), ObjectType("flow")
 
@@ -32,8 +34,12 @@ async def resolve_flows(_, info, where=None, order_by=None, limit=None, offset=N
         docs = []
         for group_id in groups:
             docs += await app.read.flows_by_id((await app.read.flow_group(group_id) or {}).get("flow_ids", []))
-    else:
-        docs = await app.read.flows(0, SCAN_LIMIT)
+    else:  # no index: the newest flows, bounded, and said so
+        limit_ = app.read.scan_limit
+        docs = await app.read.flows(0, limit_)
+        total = await app.read.flow_count()
+        walk = Walk(docs, examined=len(docs), truncated=total > len(docs))
+        report_scan(info, Plan("flow", "scan", index="flows", reason="no index fits the filter"), walk, limit_)
     views = await flow_views(app, docs)
 
     def related(doc, name):
@@ -49,8 +55,7 @@ async def resolve_flow_project(flow, info):
 
 @flow_type.field("flow_runs")
 async def resolve_flow_flow_runs(flow, info, order_by=None, limit=None, offset=None):
-    runs, _ = await app_of(info).read.runs_of_flow(flow["id"], 0, SCAN_LIMIT)
-    return page([with_state_fields(public(r)) for r in runs], None, order_by, limit, offset)
+    return await planned(info, "flow_run", {"flow_id": {"_eq": flow["id"]}}, order_by, limit, offset, flow_run_view)
 
 
 bindables = [query, flow_type]

@@ -6,10 +6,11 @@ from __future__ import annotations
 from ariadne import MutationType, ObjectType, QueryType
 
 from runledger import api_models as api
+from runledger.readmodel.planner import conjuncts
 from runledger.services.ingress.application import public
 from runledger.services.ingress.graphql.coercion import json_object, state_input
 from runledger.services.ingress.graphql.errors import error, translate_errors
-from runledger.services.ingress.graphql.views import anchor, app_of, page, state_view, task_run_view, with_state_fields
+from runledger.services.ingress.graphql.views import app_of, page, planned, state_view, task_run_view, with_state_fields
 
 query, mutation, task_run_type = QueryType(), MutationType(), ObjectType("task_run")
 
@@ -25,17 +26,22 @@ async def resolve_task_run_by_pk(_, info, id):
 @query.field("task_run")
 @translate_errors
 async def resolve_task_runs(_, info, where=None, order_by=None, limit=None, offset=None):
-    app = app_of(info)
     where = json_object(where, "where")
-    if (ids := anchor(where, "id")) is not None:
-        docs = await app.read.task_runs(ids)
-    elif (run_ids := anchor(where, "flow_run_id")) is not None:
-        runs = await app.read.flow_runs(run_ids)
-        docs = await app.read.task_runs([tr for run in runs for tr in run["task_run_ids"]])
-    else:
-        raise error("task_run queries must name an id or a flow_run_id in where", "BAD_USER_INPUT", field="where")
-    views = [task_run_view(d) for d in docs]
-    return page(views, where, order_by, limit, offset, lambda doc, name: doc["task"] if name == "task" else None)
+    runs: dict[str, dict] = {}
+    if where and any(key == "flow_run" for key, _ in conjuncts(where)):
+        # R17 filters on the task run's flow run: load the runs the where names (by flow_run_id)
+        run_ids = [v for key, c in conjuncts(where) if key == "flow_run_id" and isinstance(c, dict) for v in
+                   ([c["_eq"]] if "_eq" in c else c.get("_in", []) if isinstance(c.get("_in"), list) else [])]
+        runs = {d["id"]: with_state_fields(public(d)) for d in await app_of(info).read.flow_runs(run_ids)}
+
+    def related(doc, name):
+        if name == "task":
+            return doc["task"]
+        if name == "flow_run":
+            return runs.get(doc["flow_run_id"])
+        raise ValueError(f"filtering task runs on {name!r} is not supported")
+
+    return await planned(info, "task_run", where, order_by, limit, offset, task_run_view, related)
 
 
 # -- nested fields -------------------------------------------------------------------------------

@@ -74,7 +74,10 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
         variables = data.get("variables") if isinstance(data.get("variables"), dict) else None
         if refused := over_limits(schema, data["query"], variables, limits):
             return JSONResponse({"errors": refused}, status_code=400)
-        success, result = await graphql(schema, data, context_value={"request": request})
+        context = {"request": request}
+        success, result = await graphql(schema, data, context_value=context)
+        if context.get("extensions"):  # what resolvers report about the read (e.g. a bounded scan)
+            result.setdefault("extensions", {}).update(context["extensions"])
         return JSONResponse(_with_codes(result), status_code=200 if success or field_errors_only(result) else 400)
 
     app.add_api_route("/graphql", execute, methods=["POST"], tags=["graphql"], summary="GraphQL")

@@ -1,15 +1,24 @@
-"""Read-model documents as GraphQL objects, and the in-memory filter/order/page of a read.
+"""Read-model documents as GraphQL objects, and how a ``where``/``order_by`` read is answered.
 
-Reads that are not anchored on an id (``anchor``) scan the newest ``SCAN_LIMIT`` documents.
+Flow-run and task-run reads go through the query planner (``runledger.readmodel.planner``): by
+ids, or by walking a secondary index in Redis with the rest of the filter checked in memory. Only
+when no index fits (or an order needs an in-memory sort of a big index) is it a scan, bounded by
+``RUNLEDGER_READ_SCAN_LIMIT``; then the response says so in ``extensions.scan``
+(``{"limit": N, "truncated": bool, "examined": n, "fields": [...]}``) and the ingress logs it.
 """
 
 from __future__ import annotations
 
+import structlog
+
+from runledger.readmodel import planner
 from runledger.readmodel.filters import matches, order
 from runledger.services.ingress.application import Application, public
 from runledger.services.ingress.graphql.errors import error
 
-SCAN_LIMIT = 1000  # reads that are not anchored on an id look at the newest this many documents
+SCAN_LIMIT = 1000  # default bound of a read no index fits (the ingress uses settings.read_scan_limit)
+
+log = structlog.get_logger(component="graphql")
 
 
 def app_of(info) -> Application:
@@ -77,3 +86,50 @@ def anchor(where: dict | None, field_name: str) -> list[str] | None:
         if found is not None:
             return found
     return None
+
+
+def report_scan(info, plan: planner.Plan, walk, limit: int) -> None:
+    """Say in the response (``extensions.scan``) and in the log that a read scanned, and whether
+    the scan limit cut it short."""
+    path = ".".join(str(p) for p in info.path.as_list())
+    extensions = info.context.setdefault("extensions", {})
+    scan = extensions.setdefault("scan", {"limit": limit, "truncated": False, "examined": 0, "fields": []})
+    scan["truncated"] = scan["truncated"] or walk.truncated
+    scan["examined"] += walk.examined
+    scan["fields"].append({"field": path, "index": plan.index, "reason": plan.reason, "truncated": walk.truncated})
+    log.warning(
+        "read scanned", field=path, index=plan.index, reason=plan.reason, examined=walk.examined,
+        limit=limit, truncated=walk.truncated,
+    )
+
+
+async def planned(info, entity: str, where, order_by, limit, offset, view, related=None) -> list[dict]:
+    """Answer a flow-run / task-run read through the planner: the page of views it asks for."""
+    app = app_of(info)
+    try:
+        plan = planner.plan(entity, where, order_by)
+    except ValueError as exc:
+        raise error(f"{exc}", "BAD_USER_INPUT") from None
+    if plan.kind == "ids":
+        return page([view(d) for d in await app.read.by_ids(plan)], where, order_by, limit, offset, related)
+
+    def accepts(doc: dict) -> bool:
+        return matches(view(doc), plan.residual, related)
+
+    offset = offset or 0
+    need = offset + limit if plan.ordered and limit is not None else None
+    scan_limit = app.read.scan_limit
+    try:
+        walk = await app.read.walk(plan, accepts if plan.residual else None, need=need, scan_limit=scan_limit)
+    except ValueError as exc:
+        raise error(f"where: {exc}", "BAD_USER_INPUT") from None
+    if plan.kind == "scan" or walk.truncated:
+        report_scan(info, plan, walk, scan_limit)
+    views = [view(d) for d in walk.docs]
+    if not plan.ordered:
+        views = order(views, order_by)
+    return views[offset : offset + limit if limit is not None else None]
+
+
+def flow_run_view(doc: dict) -> dict:
+    return with_state_fields(public(doc))
