@@ -58,12 +58,13 @@ def dev(
 
 
 @app.command()
-def service(name: str = typer.Argument(..., help="ingress | transitions | projector")) -> None:
+def service(name: str = typer.Argument(..., help="ingress | transitions | projector | logs")) -> None:
     """Run one service in this process, configured from the environment."""
     modules = {
         "ingress": "runledger.services.ingress.app",
         "transitions": "runledger.services.transitions.service",
         "projector": "runledger.services.projector.service",
+        "logs": "runledger.services.logs.service",
     }
     if name not in modules:
         typer.echo(f"unknown service {name!r}; choose one of {', '.join(modules)}", err=True)
@@ -158,11 +159,12 @@ def run(
     context: list[str] = typer.Option([], "--context", help="KEY=VALUE"),
     label: list[str] = typer.Option([], "--label"),
     run_name: str = typer.Option(None, "--run-name"),
-    start: str = typer.Option(None, "--start", help="Scheduled start time, ISO 8601 (no zone = UTC)."),
+    start: str = typer.Option(None, "--start-time", "--start", help="Scheduled start time, ISO 8601 (no zone = UTC)."),
     idempotency_key: str = typer.Option(None, "--idempotency-key"),
+    watch_run: bool = typer.Option(False, "--watch", "-w", help="Then follow its states and logs until it finishes (exit code = final state)."),
     url: str = API_URL,
 ) -> None:
-    """Create a flow run and print it."""
+    """Create a flow run and print it (with --watch: follow it to the end)."""
     from runledger.client import RunLedgerError
 
     try:
@@ -183,6 +185,116 @@ def run(
     typer.echo(f"{'Found existing' if created['deduplicated'] else 'Created'} run {created['name']!r}")
     for key in ("id", "labels", "parameters", "context", "scheduled_start_time"):
         typer.echo(f"└── {key}: {created[key]}")
+    if watch_run:
+        raise typer.Exit(_watch(_client(url), created))
+
+
+@app.command("watch")
+def watch(flow_run_id: str, url: str = API_URL) -> None:
+    """Follow a flow run's state changes and logs until it finishes (exit code: 0 success, 1
+    failed, 3 cancelled). Lines: ``└── 11:22:38 | INFO    | Entered state <Scheduled>: ...``."""
+    from runledger.client import RunLedgerError
+
+    client = _client(url)
+    try:
+        run = client.get_flow_run(flow_run_id)
+    except RunLedgerError as exc:
+        _fail(exc)
+    typer.echo(f"Flow run {run['name']!r}")
+    for key in ("id", "labels", "parameters"):
+        typer.echo(f"└── {key}: {run[key]}")
+    raise typer.Exit(_watch(client, run))
+
+
+SCHEDULED_PATIENCE_SECONDS = 15.0
+
+
+def _clock(timestamp: str | None) -> str:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return "--:--:--"
+
+
+def _line(timestamp: str | None, level: str, message: str) -> str:
+    return f"└── {_clock(timestamp)} | {level:<7} | {message}"
+
+
+def _watch(client, run: dict) -> int:
+    """Print the run's watch stream in the seeds' format; return the exit code of its final state."""
+    import queue
+    import threading
+    from datetime import datetime, timezone
+
+    from runledger.client import RunLedgerError
+    from runledger.domain.states import StateType, is_a
+
+    typer.echo("Watching flow run execution...")
+    events: queue.Queue = queue.Queue()
+
+    def follow():
+        try:
+            for event in client.watch(run["id"]):
+                events.put(event)
+            events.put(("closed", None, None))
+        except Exception as exc:  # shown by the main thread, as one line
+            events.put(("error", None, exc))
+
+    threading.Thread(target=follow, daemon=True).start()
+    state = (run.get("state") or {}).get("type") if isinstance(run.get("state"), dict) else run.get("state")
+    start_at = run.get("scheduled_start_time") or run.get("created")
+    diagnosed = False
+    while True:
+        try:
+            kind, _, data = events.get(timeout=0.5)
+        except queue.Empty:
+            kind = None
+        if kind == "state":
+            state = data.get("type")
+            if state == "Scheduled" and data.get("start_time"):
+                start_at = data["start_time"]
+            text = f"Entered state <{state}>" + (f": {data['message']}" if data.get("message") else "")
+            typer.echo(_line(data.get("timestamp"), "INFO", text))
+        elif kind == "log":
+            typer.echo(_line(data.get("timestamp"), data.get("level") or "INFO", data.get("message") or ""))
+        elif kind == "end" or kind == "closed":
+            break
+        elif kind == "error":
+            _fail(data)
+        if state == "Scheduled" and not diagnosed and start_at:
+            waited = (datetime.now(timezone.utc) - datetime.fromisoformat(str(start_at).replace("Z", "+00:00"))).total_seconds()
+            if waited >= SCHEDULED_PATIENCE_SECONDS:
+                diagnosed = True
+                try:
+                    why = client.why_scheduled(run["id"])
+                except RunLedgerError:
+                    why = None
+                now = datetime.now(timezone.utc).isoformat()
+                if why:
+                    reasons = why.get("reasons") if isinstance(why, dict) else None
+                    text = why.get("message") or why.get("diagnosis") if isinstance(why, dict) else None
+                    for reason in ([text] if text else []) + [str(r.get("message", r)) if isinstance(r, dict) else str(r) for r in reasons or []]:
+                        typer.echo(_line(now, "WARNING", reason))
+                else:
+                    typer.echo(_line(now, "WARNING", f"Flow run still Scheduled {waited:.0f} s after its start time; no scheduling diagnosis available"))
+    try:
+        final = StateType(state)
+    except (ValueError, TypeError):
+        typer.echo(f"Flow run ended in state {state}")
+        return 1
+    if is_a(final, StateType.SUCCESS):
+        typer.echo("Flow run succeeded!")
+        return 0
+    if is_a(final, StateType.CANCELLED):
+        typer.echo("Flow run was cancelled.")
+        return 3
+    if is_a(final, StateType.FAILED):
+        typer.echo("Flow run failed!")
+        return 1
+    typer.echo(f"Flow run finished in state <{final.value}>.")
+    return 0
 
 
 @app.command("get-run")
@@ -217,7 +329,21 @@ def set_state(
 
 
 def main() -> None:
-    app()
+    """Every error is one line on stderr (RUNLEDGER_DEBUG=1 shows the traceback)."""
+    import os
+
+    from runledger.client import RunLedgerError
+
+    try:
+        app()
+    except RunLedgerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("RUNLEDGER_DEBUG"):
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "), err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,60 @@ import httpx
 
 
 class RunLedgerError(Exception):
+    """An API answer that is an error; ``str()`` is one line: the message and the field."""
+
     def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"HTTP {status}: {body}")
+        super().__init__(f"HTTP {status}: {describe(body)}")
         self.status, self.body = status, body
+
+
+class Unreachable(RunLedgerError):
+    """No answer from the API at all (nothing listens, DNS, timeout)."""
+
+    def __init__(self, url: str, cause: Exception) -> None:
+        reason = str(cause).strip() or type(cause).__name__
+        Exception.__init__(
+            self, f"cannot reach the RunLedger API at {url} ({reason}); start it (runledger dev) or point --url / RUNLEDGER_URL at it"
+        )
+        self.status, self.body, self.url = 0, None, url
+
+
+def _loc(loc: Any) -> str:
+    parts = [str(p) for p in (loc or []) if p not in ("body", "query", "path")]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
+
+
+def describe(body: Any) -> str:
+    """An error body as one line: ``field: message`` for each problem, the code when there is one."""
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        if isinstance(detail, list):
+            parts = []
+            for item in detail:
+                if isinstance(item, dict):
+                    where = _loc(item.get("loc"))
+                    parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+                else:
+                    parts.append(str(item))
+            text = "; ".join(parts)
+            if "accepted" in body:
+                text = f"{body['accepted']} stored, {body.get('refused', 0)} refused: {text}"
+            return text
+        if isinstance(detail, str):
+            text = f"{body['code']}: {detail}" if body.get("code") else detail
+            if body.get("field"):
+                text += f" (field: {body['field']})"
+            return text
+    return str(body)
 
 
 class Client:
     def __init__(self, url: str = "http://127.0.0.1:4200", timeout: float = 60.0) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/") + "/api/v1", timeout=timeout)
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url + "/api/v1", timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -28,8 +74,14 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
-        response = self._http.request(method, path, **kwargs)
-        body = response.json() if response.content else None
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(self.url, exc) from None
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            body = response.text
         if response.status_code >= 400:
             raise RunLedgerError(response.status_code, body)
         return body
@@ -86,3 +138,68 @@ class Client:
 
     def set_task_run_state(self, task_run_id: str, state: str, version: int | None = None, message: str | None = None) -> dict:
         return self._call("POST", f"/task_runs/{task_run_id}/state", json={"state": {"type": state, "message": message}, "version": version})
+
+    # -- logs -----------------------------------------------------------------------------------
+    def write_logs(self, records: list[dict]) -> dict:
+        """Write log records (``flow_run_id``, ``message``, optional ``task_run_id``, ``timestamp``,
+        ``level``, ``name``, ``info``). Some refused: ``RunLedgerError`` (422) whose body says which
+        and how many were stored."""
+        return self._call("POST", "/logs", json={"logs": records})
+
+    def get_logs(self, flow_run_id: str, **params: Any) -> dict:
+        """One page: ``{"logs": [...], "next_cursor": ...}`` (params: ``task_run_id``, ``level``,
+        ``min_level``, ``after``, ``since``, ``before``, ``until``, ``order``, ``limit``, ``cursor``)."""
+        return self._call("GET", f"/flow_runs/{flow_run_id}/logs", params={k: v for k, v in params.items() if v is not None})
+
+    def why_scheduled(self, flow_run_id: str) -> dict | None:
+        """The scheduling service's diagnosis of a run still Scheduled, or None where none answers."""
+        try:
+            return self._call("GET", f"/flow_runs/{flow_run_id}/why")
+        except RunLedgerError as exc:
+            if isinstance(exc, Unreachable):
+                raise
+            return None
+
+    def watch(self, flow_run_id: str, last_event_id: str | None = None, reconnects: int = 5):
+        """Yield ``(event, id, data)`` from the run's watch stream until it ends; reconnects with
+        ``Last-Event-ID`` when the connection drops, so nothing is missed or repeated."""
+        import orjson
+
+        attempts = 0
+        while True:
+            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+            try:
+                with self._http.stream("GET", f"/flow_runs/{flow_run_id}/watch", headers=headers, timeout=httpx.Timeout(30.0, read=None)) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        try:
+                            body = response.json()
+                        except ValueError:
+                            body = response.text
+                        raise RunLedgerError(response.status_code, body)
+                    event: dict[str, str] = {}
+                    for line in response.iter_lines():
+                        if line.startswith(":"):
+                            continue
+                        if line:
+                            name, _, value = line.partition(":")
+                            event[name] = value[1:] if value.startswith(" ") else value
+                            continue
+                        if not event:
+                            continue
+                        last_event_id = event.get("id", last_event_id)
+                        attempts = 0
+                        kind = event.get("event", "message")
+                        yield kind, event.get("id"), orjson.loads(event.get("data") or "null")
+                        event = {}
+                        if kind == "end":
+                            return
+                cause: Exception = ConnectionError("the watch stream closed before the run finished")
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                cause = exc
+            attempts += 1  # dropped (or the ingress restarted): resume after the last event seen
+            if attempts > reconnects:
+                raise Unreachable(self.url, cause)
+            import time
+
+            time.sleep(min(0.2 * 2**attempts, 5))

@@ -73,3 +73,84 @@ def test_dev_starts_everything_and_ctrl_c_stops_it(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# -- watch, run --watch, and one-line errors (on the log stack: it runs the log service) ---------
+import re  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+from tests.integration.test_logs import lapi, logs_stack, new_run  # noqa: E402,F401  (fixtures)
+
+SEED_LINE = re.compile(r"^└── \d\d:\d\d:\d\d \| (DEBUG|INFO|WARNING|ERROR|CRITICAL) *\| .+$")
+
+
+def _spawn(stack, *args) -> subprocess.Popen:
+    env = {**os.environ, "RUNLEDGER_URL": stack.api_url}
+    return subprocess.Popen([sys.executable, "-m", "runledger.services.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(process, needle: str, seen: list, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line.rstrip("\n"))
+        if needle in line:
+            return
+    raise AssertionError(f"{needle!r} not printed; got {seen}")
+
+
+def test_watch_prints_the_seed_format_and_exits_with_the_final_state(logs_stack, lapi):
+    run = new_run(lapi, parameters={}, labels=["dev"])
+    rid = run["id"]
+    process = _spawn(logs_stack, "watch", rid)
+    seen: list[str] = []
+    _wait_for_line(process, "Entered state <Scheduled>", seen)
+    lapi.post(f"/flow_runs/{rid}/state", json={"state": {"type": "Running", "message": "Running flow."}, "version": None})
+    lapi.post("/logs", json={"logs": [{"flow_run_id": rid, "name": "prefect", "message": "Hello World"},
+                                      {"flow_run_id": rid, "level": "WARNING", "message": "careful"}]})
+    lapi.post(f"/flow_runs/{rid}/state", json={"state": {"type": "Success", "message": "All reference tasks succeeded."}, "version": None})
+    out, err = process.communicate(timeout=60)
+    lines = seen + out.splitlines()
+    assert process.returncode == 0, err
+    assert err == ""
+    assert f"└── id: {rid}" in lines and "└── labels: ['dev']" in lines and "└── parameters: {}" in lines
+    watched = [line for line in lines if line.startswith("└── ") and " | " in line]
+    assert all(SEED_LINE.match(line) for line in watched), watched
+    assert [line.split(" | ", 2)[1:] for line in watched] == [
+        ["INFO   ", "Entered state <Scheduled>: Flow run scheduled."],
+        ["INFO   ", "Entered state <Running>: Running flow."],
+        ["INFO   ", "Hello World"],
+        ["WARNING", "careful"],
+        ["INFO   ", "Entered state <Success>: All reference tasks succeeded."],
+    ]
+    assert lines[-1] == "Flow run succeeded!"
+
+
+def test_run_watch_diagnoses_a_run_still_scheduled_and_exits_1_when_it_fails(logs_stack, lapi):
+    project = lapi.post("/projects", json={"name": unique("cliw")}).json()
+    flow = lapi.post("/flows", json={"name": unique("late"), "project_id": project["id"]}).json()
+    start = (datetime.now(timezone.utc) - timedelta(seconds=20)).isoformat()
+    process = _spawn(logs_stack, "run", "--id", flow["id"], "--start-time", start, "--label", "nowhere", "--watch")
+    seen: list[str] = []
+    _wait_for_line(process, "no scheduling diagnosis available", seen)
+    diagnosis = seen[-1]
+    assert SEED_LINE.match(diagnosis) and "| WARNING | Flow run still Scheduled" in diagnosis
+    rid = next(line.split(": ", 1)[1] for line in seen if line.startswith("└── id:"))
+    lapi.post(f"/flow_runs/{rid}/state", json={"state": {"type": "Failed", "message": "boom"}, "version": None})
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert out.splitlines()[-1] == "Flow run failed!"
+
+
+def test_errors_are_one_line(logs_stack):
+    port = free_port()
+    env = {**os.environ, "RUNLEDGER_URL": f"http://127.0.0.1:{port}"}
+    result = subprocess.run([sys.executable, "-m", "runledger.services.cli", "watch", "abc"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"http://127.0.0.1:{port}" in result.stderr and "RUNLEDGER_URL" in result.stderr
+    missing = cli(logs_stack, "get-run", "00000000-0000-0000-0000-000000000000", check=False)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert missing.stderr.strip() == "error: HTTP 404: flow_run_id: no flow run with id 00000000-0000-0000-0000-000000000000"

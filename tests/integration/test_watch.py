@@ -1,0 +1,142 @@
+"""Live watch over Server-Sent Events: history first (from Scheduled), then live states and lines,
+``Last-Event-ID`` resume without gap or repeat, the end after the finished state and its last
+lines, and one Redis subscription per watched run however many watchers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from tests.integration.test_logs import lapi, logs_stack, new_run, wait_for  # noqa: F401  (fixtures)
+
+
+def read_events(stack, run_id: str, *, last_event_id: str | None = None, stop_after: int | None = None, timeout: float = 30.0, on_event=None) -> list[dict]:
+    """Read the SSE stream until it ends (or ``stop_after`` events); events as dicts."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    events, current = [], {}
+    with httpx.stream("GET", f"{stack.api_url}/api/v1/flow_runs/{run_id}/watch", headers=headers, timeout=timeout) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if not line:
+                if current:
+                    events.append(current)
+                    if on_event:
+                        on_event(current)
+                    current = {}
+                    if stop_after is not None and len(events) >= stop_after:
+                        break
+                continue
+            name, _, value = line.partition(": ")
+            current[name] = value
+    return events
+
+
+def post_logs(lapi, run_id, *messages):
+    r = lapi.post("/logs", json={"logs": [{"flow_run_id": run_id, "message": m} for m in messages]})
+    assert r.status_code == 200, r.text
+
+
+def set_state(lapi, run_id, state, message=None):
+    r = lapi.post(f"/flow_runs/{run_id}/state", json={"state": {"type": state, "message": message}, "version": None})
+    assert r.status_code == 200, r.text
+
+
+def summary(events):
+    import json
+
+    out = []
+    for e in events:
+        data = json.loads(e["data"])
+        out.append((e["event"], data.get("type") or data.get("message") or data.get("version")))
+    return out
+
+
+def test_history_then_live_then_end_after_the_last_lines(logs_stack, lapi):
+    rid = new_run(lapi)["id"]
+    post_logs(lapi, rid, "before-1", "before-2")
+    time.sleep(0.3)
+    received = []
+    started = threading.Event()
+
+    def watcher():
+        received.extend(read_events(logs_stack, rid, on_event=lambda e: started.set()))
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    assert started.wait(10)
+    set_state(lapi, rid, "Running")
+    post_logs(lapi, rid, "live-1")
+    set_state(lapi, rid, "Success", "All reference tasks succeeded.")
+    post_logs(lapi, rid, "after-success")  # sent right after the final state: still shown (grace)
+    thread.join(30)
+    assert not thread.is_alive(), "the stream did not end after the finished state"
+    assert summary(received) == [
+        ("state", "Scheduled"),
+        ("log", "before-1"),
+        ("log", "before-2"),
+        ("state", "Running"),
+        ("log", "live-1"),
+        ("state", "Success"),
+        ("log", "after-success"),
+        ("end", 3),
+    ]
+    ids = [e["id"] for e in received]
+    assert len(set(ids)) == len(ids) and all(ids)
+    # A new watcher of a finished run gets the whole history and the end, then the stream closes.
+    assert summary(read_events(logs_stack, rid)) == summary(received)
+
+
+def test_last_event_id_resumes_without_gap_or_repeat(logs_stack, lapi):
+    rid = new_run(lapi)["id"]
+    post_logs(lapi, rid, *[f"a{i}" for i in range(5)])
+    time.sleep(0.3)
+    first = read_events(logs_stack, rid, stop_after=3)  # Scheduled, a0, a1: then the client drops
+    post_logs(lapi, rid, *[f"b{i}" for i in range(3)])  # while it is away
+    set_state(lapi, rid, "Running")
+    time.sleep(0.3)
+    rest = []
+    thread = threading.Thread(target=lambda: rest.extend(read_events(logs_stack, rid, last_event_id=first[-1]["id"])))
+    thread.start()
+    time.sleep(0.5)
+    post_logs(lapi, rid, "c0")
+    set_state(lapi, rid, "Failed", "boom")
+    thread.join(30)
+    assert not thread.is_alive()
+    everything = summary(first) + summary(rest)
+    assert everything == [
+        ("state", "Scheduled"), ("log", "a0"), ("log", "a1"), ("log", "a2"), ("log", "a3"), ("log", "a4"),
+        ("log", "b0"), ("log", "b1"), ("log", "b2"), ("state", "Running"), ("log", "c0"), ("state", "Failed"), ("end", 3),
+    ]
+    assert summary(read_events(logs_stack, rid)) == everything
+
+
+def test_many_watchers_share_one_subscription(logs_stack, lapi):
+    import redis
+
+    rid = new_run(lapi)["id"]
+    client = redis.Redis.from_url(logs_stack.redis_url)
+    blocked_before = int(client.info("clients")["blocked_clients"])
+    results: list[list] = [[] for _ in range(8)]
+    threads = [threading.Thread(target=lambda i=i: results[i].extend(read_events(logs_stack, rid))) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    blocked = int(client.info("clients")["blocked_clients"]) - blocked_before
+    post_logs(lapi, rid, "hello all")
+    set_state(lapi, rid, "Running")
+    set_state(lapi, rid, "Success")
+    for t in threads:
+        t.join(30)
+    assert blocked == 1, f"{blocked} blocking reads for 8 watchers of one run"
+    expected = [("state", "Scheduled"), ("log", "hello all"), ("state", "Running"), ("state", "Success"), ("end", 3)]
+    assert all(summary(r) == expected for r in results)
+
+
+def test_watch_of_an_unknown_run_is_404(logs_stack):
+    r = httpx.get(f"{logs_stack.api_url}/api/v1/flow_runs/00000000-0000-0000-0000-000000000000/watch")
+    assert r.status_code == 404
