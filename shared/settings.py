@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     dedup_window: int = Field(200_000, ge=1000, description="Recent command ids remembered per writer partition.")
 
     # GraphQL document limits (refused before execution; see ingress/graphql/limits.py)
-    graphql_max_tokens: int = Field(20_000, ge=100, description="The parser stops past this many tokens.")
+    graphql_max_tokens: int = Field(5_000, ge=100, description="The parser stops past this many tokens.")
     graphql_max_depth: int = Field(12, ge=2)
     graphql_max_aliases: int = Field(30, ge=0)
     graphql_max_fields: int = Field(500, ge=10)

@@ -23,7 +23,7 @@ def only_error(r: httpx.Response) -> dict:
 def test_huge_documents_are_refused_by_the_parser(stack):
     fields = " ".join(f"a{i}: flow_run(limit: 1) {{ id }}" for i in range(2000))
     error = only_error(gql(stack, "{ %s }" % fields))
-    assert error["extensions"] == {"code": "QUERY_LIMIT_EXCEEDED", "limit": "max_tokens", "maximum": 20000}
+    assert error["extensions"] == {"code": "QUERY_LIMIT_EXCEEDED", "limit": "max_tokens", "maximum": 5000}
 
 
 def test_too_many_aliases_are_refused_naming_the_limit(stack):

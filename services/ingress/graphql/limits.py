@@ -36,7 +36,7 @@ class DocumentLimits:
     max_limit: int = 1000
     max_cost: int = 50_000
     default_list_size: int = 100
-    max_tokens: int = 20_000  # the parser stops past this many tokens
+    max_tokens: int = 5_000  # the parser stops past this many tokens (Prefect 1.x sends < 500)
 
 
 def _is_list(type_) -> bool:

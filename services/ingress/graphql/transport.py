@@ -9,6 +9,8 @@ validate, or one over the document limits) are answered with 400. Every error ca
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from ariadne import graphql
 from ariadne.explorer import ExplorerGraphiQL
@@ -54,6 +56,10 @@ def over_limits(schema: GraphQLSchema, query: str, variables: dict | None, limit
     return [e.formatted for e in validate(schema, document, rules=[limits_rule(limits, variables)])]
 
 
+async def _call(function, *args):
+    return function(*args)
+
+
 def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
     @app.get("/graphql", include_in_schema=False)
     async def explorer() -> HTMLResponse:
@@ -72,7 +78,9 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
             except orjson.JSONDecodeError as exc:
                 return _request_error(f"variables: malformed JSON ({exc})")
         variables = data.get("variables") if isinstance(data.get("variables"), dict) else None
-        if refused := over_limits(schema, data["query"], variables, limits):
+        # A long document is checked on a worker thread, so the event loop keeps serving others.
+        check = (asyncio.to_thread if len(data["query"]) > 4096 else _call)(over_limits, schema, data["query"], variables, limits)
+        if refused := await check:
             return JSONResponse({"errors": refused}, status_code=400)
         context = {"request": request}
         success, result = await graphql(schema, data, context_value=context)
