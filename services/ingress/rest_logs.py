@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from runledger.domain.run_requests import FieldError, RequestError
@@ -133,7 +133,7 @@ async def write_logs(app, records: Any) -> WriteResult:
     if parts:
         producer = await ctx.producer_ready()
         try:
-            futures = [await producer.send(ctx.topic, part.encode(), key=part.flow_run_id.encode()) for part in parts]
+            futures = [await producer.send(ctx.topic, value, key=run_id.encode()) for run_id, value in parts]
             await asyncio.gather(*futures)
         except KafkaError as exc:
             raise LogsUnavailable(f"the log topic did not acknowledge the batch ({type(exc).__name__}); retry it") from exc
@@ -148,11 +148,29 @@ def result_body(result: WriteResult) -> tuple[dict, int]:
     return body, 200
 
 
-@router.post("/logs", tags=["logs"], responses={422: {"description": "Some records refused (the others were stored)"}, 413: {"description": "Batch over a limit"}})
-async def post_logs(request: Request, body: Any = Body(..., examples=[{"logs": [{"flow_run_id": "…", "level": "INFO", "name": "prefect", "message": "hello"}]}])) -> Any:
+WRITE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "properties": {"logs": {"type": "array", "items": {"type": "object"}}}},
+                                          "example": {"logs": [{"flow_run_id": "…", "level": "INFO", "name": "prefect", "message": "hello"}]}}},
+    }
+}
+
+
+@router.post(
+    "/logs",
+    tags=["logs"],
+    openapi_extra=WRITE_BODY,
+    responses={422: {"description": "Some records refused (the others were stored)"}, 413: {"description": "Batch over a limit"}},
+)
+async def post_logs(request: Request) -> Any:
     """Write a batch: ``{"logs": [record, ...]}`` (or one record, or a bare list). A record:
     ``flow_run_id``, ``task_run_id``?, ``timestamp``? (default: now), ``level``? (INFO),
     ``name``?, ``message``, ``info``? (JSON)."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": f"malformed JSON ({exc})", "type": "json_invalid"}]}, status_code=400)
     records = body.get("logs") if isinstance(body, dict) and "logs" in body else body
     try:
         result = await write_logs(request.app, records)

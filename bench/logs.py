@@ -1,0 +1,230 @@
+"""Log ingestion benchmark: ``.venv/bin/python -m bench.logs [--seconds 30] [--conc 8]``.
+
+On its own stack (``services.devstack.Stack``: embedded Tansu broker, private redis-server,
+transitions, projector, ingress and the log service as separate processes, service logs at
+WARNING) it measures, and prints as one table:
+
+1. sustained ingestion: ``POST /api/v1/logs`` batches of 100 and of 1,000 records from ``--conc``
+   concurrent aiohttp clients for ``--seconds`` each; records/s acknowledged (durable in Kafka,
+   acks=all) and records/s stored (until the log service has stored every acknowledged line);
+2. watch delay: one SSE watcher per run, batches of 10 lines at a steady rate; the delay from a
+   batch's acknowledgement (the POST's answer) to the watcher receiving its last line, p50/p99;
+3. Redis memory per million records: ``used_memory`` growth over the lines stored in (1),
+   divided by their number, times 10^6 (extrapolated from the measured count, which is printed).
+
+Record shape: Prefect-like (``name`` "prefect.CloudTaskRunner", a task_run_id, INFO, a message
+of ~60 characters, a client timestamp), the shape ``CloudHandler`` sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import time
+import uuid
+from datetime import datetime, timezone
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+
+from runledger.services.devstack import Stack
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    pos = (len(values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def record(run_id: str, task_run_id: str, n: int) -> dict:
+    return {
+        "flow_run_id": run_id,
+        "task_run_id": task_run_id,
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "level": "INFO",
+        "name": "prefect.CloudTaskRunner",
+        "message": f"Task 'say_hello': Finished task run for task with final state: 'Success' #{n}",
+    }
+
+
+async def setup_runs(http: aiohttp.ClientSession, api: str, count: int) -> list[str]:
+    async with http.post(f"{api}/projects", json={"name": f"bench-{uuid.uuid4().hex[:6]}"}) as r:
+        project = await r.json()
+    async with http.post(f"{api}/flows", json={"name": "bench-logs", "project_id": project["id"]}) as r:
+        flow = await r.json()
+    runs = []
+    for _ in range(count):
+        async with http.post(f"{api}/flow_runs", json={"flow_id": flow["id"]}) as r:
+            runs.append((await r.json())["id"])
+    return runs
+
+
+async def stored_lines(redis: aioredis.Redis, runs: list[str]) -> int:
+    async with redis.pipeline(transaction=False) as pipe:
+        for run in runs:
+            pipe.zcard(f"rl:logs:{{{run}}}:ix")
+        return sum(await pipe.execute())
+
+
+async def ingest(api: str, runs: list[str], batch: int, seconds: float, conc: int, redis) -> dict:
+    stop_at = time.monotonic() + seconds
+    acked = 0
+    errors = 0
+    latencies: list[float] = []
+    task_run = str(uuid.uuid4())
+    before = await stored_lines(redis, runs)
+
+    async def worker(w: int):
+        nonlocal acked, errors
+        async with aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode()) as http:
+            n = 0
+            while time.monotonic() < stop_at:
+                run = runs[(w * 7919 + n) % len(runs)]
+                body = orjson.dumps({"logs": [record(run, task_run, n + i) for i in range(batch)]})
+                t0 = time.perf_counter()
+                async with http.post(f"{api}/logs", data=body, headers={"content-type": "application/json"}) as r:
+                    await r.read()
+                    if r.status == 200:
+                        acked += batch
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors += 1
+                n += batch
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(w) for w in range(conc)))
+    elapsed = time.monotonic() - t0
+    # until everything acknowledged is stored
+    deadline = time.monotonic() + 300
+    while (await stored_lines(redis, runs)) - before < acked and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    drained = time.monotonic() - t0
+    stored = (await stored_lines(redis, runs)) - before
+    return {
+        "batch": batch,
+        "acked": acked,
+        "errors": errors,
+        "ack_rate": acked / elapsed,
+        "store_rate": stored / drained,
+        "stored": stored,
+        "drain_after_s": drained - elapsed,
+        "post_p50_ms": pct(latencies, 50) * 1000,
+        "post_p99_ms": pct(latencies, 99) * 1000,
+    }
+
+
+async def watch_delay(api: str, runs: list[str], seconds: float, rate: float) -> dict:
+    """Watchers on ``runs``; batches of 10 lines to them at ``rate`` batches/s; ack -> receipt."""
+    acked_at: dict[str, float] = {}
+    received_at: dict[str, float] = {}
+    ready = asyncio.Event()
+    connected = 0
+
+    async def watcher(run: str, http: aiohttp.ClientSession):
+        nonlocal connected
+        async with http.get(f"{api}/flow_runs/{run}/watch", timeout=aiohttp.ClientTimeout(total=None)) as r:
+            connected += 1
+            if connected == len(runs):
+                ready.set()
+            buffer = b""
+            async for chunk in r.content.iter_any():
+                now = time.perf_counter()
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    for line in event.split(b"\n"):
+                        if line.startswith(b"data: ") and b'"message":"mark ' in line:
+                            mark = orjson.loads(line[6:])["message"].split(" ", 1)[1]
+                            received_at.setdefault(mark, now)
+
+    async with aiohttp.ClientSession() as http:
+        tasks = [asyncio.create_task(watcher(run, http)) for run in runs]
+        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.sleep(1.0)  # history delivered
+        n = 0
+        stop_at = time.monotonic() + seconds
+        pending = []
+
+        async def send(mark: str, run: str):
+            lines = [record(run, "", i) for i in range(9)] + [{**record(run, "", 9), "message": f"mark {mark}"}]
+            for line in lines:
+                line.pop("task_run_id")
+            async with http.post(f"{api}/logs", json={"logs": lines}) as r:
+                await r.read()
+                acked_at[mark] = time.perf_counter()
+
+        while time.monotonic() < stop_at:
+            mark = f"{n}"
+            pending.append(asyncio.create_task(send(mark, runs[n % len(runs)])))
+            n += 1
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*pending)
+        await asyncio.sleep(2.0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    delays = [(received_at[m] - acked_at[m]) * 1000 for m in acked_at if m in received_at]
+    return {"batches": len(acked_at), "received": len(delays), "p50_ms": pct(delays, 50), "p99_ms": pct(delays, 99),
+            "max_ms": max(delays) if delays else float("nan"), "mean_ms": statistics.fmean(delays) if delays else float("nan")}
+
+
+async def main_async(args, stack: Stack) -> None:
+    load_before = os.getloadavg()
+    try:
+        api = stack.api_url + "/api/v1"
+        redis = aioredis.from_url(stack.redis_url)
+        async with aiohttp.ClientSession() as http:
+            runs = await setup_runs(http, api, args.runs)
+            watch_runs = await setup_runs(http, api, args.watchers)
+        mem0 = (await redis.info("memory"))["used_memory"]
+        results = [await ingest(api, runs, b, args.seconds, args.conc, redis) for b in (100, 1000)]
+        mem1 = (await redis.info("memory"))["used_memory"]
+        stored = sum(r["stored"] for r in results)
+        delay = await watch_delay(api, watch_runs, min(args.seconds, 20), args.rate)
+        await redis.aclose()
+    finally:
+        stack.stop()
+    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"load {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after")
+    print(f"settings: {args.seconds:.0f} s per batch size, concurrency {args.conc}, {args.runs} runs, {args.partitions} partitions, "
+          f"watch: {args.watchers} watchers, {args.rate:.0f} batches/s of 10 lines")
+    print()
+    print("| measure | value | goal |")
+    print("|---|---|---|")
+    for r in results:
+        print(f"| ingestion, batches of {r['batch']:,}: acknowledged | {r['ack_rate']:,.0f} records/s ({r['acked']:,} records, {r['errors']} errors; POST p50 {r['post_p50_ms']:.0f} ms, p99 {r['post_p99_ms']:.0f} ms) | ≥ 50,000 records/s |")
+        print(f"| ingestion, batches of {r['batch']:,}: stored | {r['store_rate']:,.0f} records/s (all stored {r['drain_after_s']:.1f} s after the last ack) | |")
+    print(f"| watch delay, ack → watcher (p50 / p99 / max) | {delay['p50_ms']:.1f} / {delay['p99_ms']:.1f} / {delay['max_ms']:.1f} ms ({delay['received']} of {delay['batches']} batches) | p99 ≤ 100 ms |")
+    per_million = (mem1 - mem0) / stored * 1_000_000 if stored else float("nan")
+    print(f"| Redis memory per million records | {per_million / 2**20:,.0f} MiB ({(mem1 - mem0) / 2**20:,.1f} MiB for {stored:,} records, extrapolated; {(mem1 - mem0) / max(stored, 1):.0f} B/record) | |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0, help="seconds of ingestion per batch size (default 30)")
+    parser.add_argument("--conc", type=int, default=8, help="concurrent writers")
+    parser.add_argument("--runs", type=int, default=50, help="flow runs the lines are spread over")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--watchers", type=int, default=10, help="runs watched in the delay scenario (one watcher each)")
+    parser.add_argument("--rate", type=float, default=50.0, help="batches/s in the delay scenario")
+    args = parser.parse_args()
+    stack = Stack(own_redis=True, partitions=args.partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "WARNING",
+                                                                          "RUNLEDGER_MAX_BODY_BYTES": str(8 * 1024 * 1024)})
+    try:
+        stack.start(services=("transitions", "projector", "ingress", "logs"))
+    except Exception:
+        stack.stop()
+        raise
+    asyncio.run(main_async(args, stack))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Log records (pure): validation by index and field, defaults, limits, and the chunks put on the
+logs topic."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+
+from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, chunks, parse_time, validate_batch
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def errors_of(records, limits=LogLimits()):
+    return {(e.index, e.field): e.msg for e in validate_batch(records, limits, NOW).errors}
+
+
+def test_defaults_timestamp_now_and_level_info():
+    (line,) = validate_batch([{"flow_run_id": "r", "message": "m"}], LogLimits(), NOW).lines
+    assert line.timestamp == NOW and line.level == "INFO" and line.name == "" and line.task_run_id is None
+
+
+def test_one_object_is_a_batch_of_one():
+    assert len(validate_batch({"flow_run_id": "r", "message": "m"}, LogLimits(), NOW).lines) == 1
+
+
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"message": "m"}, "flow_run_id"),
+        ({"flow_run_id": "r"}, "message"),
+        ({"flow_run_id": "r", "message": 5}, "message"),
+        ({"flow_run_id": "r", "message": "m", "level": "LOUD"}, "level"),
+        ({"flow_run_id": "r", "message": "m", "timestamp": "soon"}, "timestamp"),
+        ({"flow_run_id": "r", "message": "m", "colour": "red"}, "colour"),
+        ({"flow_run_id": "r", "message": "m", "task_run_id": 3}, "task_run_id"),
+    ],
+)
+def test_an_invalid_record_is_refused_by_index_and_field_the_others_kept(record, field):
+    batch = validate_batch([{"flow_run_id": "r", "message": "ok"}, record], LogLimits(), NOW)
+    assert [l.message for l in batch.lines] == ["ok"]
+    assert (1, field) in {(e.index, e.field) for e in batch.errors}
+    assert batch.errors[0].as_dict()["loc"][:3] == ["body", "logs", 1]
+
+
+def test_levels_accept_python_names_and_numbers():
+    batch = validate_batch([{"flow_run_id": "r", "message": "m", "level": v} for v in ("warn", "error", 50, "FATAL")], LogLimits(), NOW)
+    assert [l.level for l in batch.lines] == ["WARNING", "ERROR", "CRITICAL", "CRITICAL"]
+
+
+def test_timestamps_keep_their_instant():
+    assert parse_time("2024-05-01T12:00:00+02:00") == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
+    assert parse_time("2024-05-01T10:00:00") == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)  # no zone = UTC
+    assert parse_time("2024-05-01T10:00:00Z") == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
+
+
+def test_message_limit_is_named():
+    msg = errors_of([{"flow_run_id": "r", "message": "x" * 11}], LogLimits(max_message_bytes=10))[(0, "message")]
+    assert msg == "message of 11 bytes is over the limit of 10 bytes"
+
+
+def test_batch_limits_refuse_the_whole_batch():
+    with pytest.raises(BatchTooLarge, match="3 records is over the limit of 2"):
+        validate_batch([{"flow_run_id": "r", "message": "m"}] * 3, LogLimits(max_records=2), NOW)
+    lines = validate_batch([{"flow_run_id": "r", "message": "m" * 100}] * 5, LogLimits(), NOW).lines
+    with pytest.raises(BatchTooLarge, match="over the limit of 300 bytes"):
+        chunks(lines, LogLimits(max_batch_bytes=300))
+
+
+def test_chunks_are_per_run_in_order_and_bounded():
+    records = [{"flow_run_id": "a" if i % 3 else "b", "message": f"m{i}" + "x" * 50} for i in range(30)]
+    lines = validate_batch(records, LogLimits(), NOW).lines
+    parts, total = chunks(lines, LogLimits(chunk_bytes=500))
+    assert total == sum(len(orjson.dumps(l.wire())) for l in lines)
+    decoded = [(run, LogChunk.decode(value)) for run, value in parts]
+    assert all(run == chunk.flow_run_id for run, chunk in decoded)
+    for run in ("a", "b"):
+        got = [line["message"] for r, c in decoded if r == run for line in c.lines]
+        assert got == [r["message"] for r in records if r["flow_run_id"] == run]
+    assert all(len(value) < 500 + 200 for _, value in parts) and len(parts) > 2
+
+
+def test_end_marker_round_trips_and_garbage_is_refused():
+    assert LogChunk.decode(LogChunk(flow_run_id="r", end=3).encode()).end == 3
+    for raw in (b"[]", b'{"lines": []}', b'{"flow_run_id": "r", "lines": [1]}', b'{"flow_run_id": "r", "end": "x"}'):
+        with pytest.raises(ValueError):
+            LogChunk.decode(raw)
