@@ -77,6 +77,9 @@ class TransitionsService(ConsumerService):
                 await self._process(batch)
         if self.settings.snapshots:
             self._snapshot_when_due()
+        else:
+            for book in self.books.values():
+                book.ledger.touched.clear()  # nothing will encode them
 
     async def on_revoked(self, partitions: list[int]) -> None:
         async with self.lock:  # let an in-flight batch finish before ownership moves
@@ -196,16 +199,19 @@ class TransitionsService(ConsumerService):
                 book.encoder = snapshots.SnapshotEncoder(book.ledger)
             # Re-encode what changed in slices, letting command batches run in between; then
             # capture at a batch boundary (the lock), where every event the ledger holds is acked.
+            longest = 0.0  # the longest the command loop waited for us (lock held)
             while True:
                 async with self.lock:
                     if self.books.get(partition) is not book:
                         return  # revoked meanwhile
+                    started = loop.time()
                     if book.encoder.pending <= REFRESH_SLICE:
-                        started = loop.time()
                         captured = book.encoder.capture(book.next_event_offset)
                         stall = loop.time() - started
+                        longest = max(longest, stall)
                         break
                     book.encoder.refresh(REFRESH_SLICE)
+                    longest = max(longest, loop.time() - started)
                 await asyncio.sleep(0)
             book.snapshot_time = loop.time()
             raw = await asyncio.to_thread(captured.to_bytes)
@@ -223,6 +229,7 @@ class TransitionsService(ConsumerService):
                 compressed_bytes=saved["compressed_bytes"],
                 chunks=saved["chunks"],
                 capture_ms=round(stall * 1000, 1),
+                longest_hold_ms=round(longest * 1000, 1),
                 seconds=round(loop.time() - book.snapshot_time, 3),
             )
         except asyncio.CancelledError:

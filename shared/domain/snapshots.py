@@ -301,7 +301,18 @@ def decode(raw: bytes, dedup_window: int = 200_000, **ledger_options) -> tuple[L
         position = int(header["position"])
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"malformed ledger snapshot: {exc}") from None
-    ledger = Ledger.restore(ColdAggregates(dict(aggregates)), verdicts, dedup_window, **ledger_options)
+    cold = dict(aggregates)
+    # Aggregates are validated when first used; one of each kind now, so a snapshot this code
+    # cannot read (a shape changed without a new schema version) is refused here, not later.
+    for aggregate_id in (REGISTRY_AGGREGATE, next((k for k in cold if k != REGISTRY_AGGREGATE), None)):
+        if aggregate_id in cold:
+            decode_aggregate(aggregate_id, cold[aggregate_id])
+    ledger = Ledger.restore(ColdAggregates(cold), verdicts, dedup_window, **ledger_options)
+    if verdicts:
+        try:
+            ledger.verdict(verdicts[-1][0])  # and one verdict
+        except (ValueError, TypeError) as exc:  # orjson's and pydantic's errors are ValueErrors
+            raise SnapshotError(f"undecodable verdict in a snapshot: {exc}") from None
     return ledger, position
 
 
