@@ -22,17 +22,19 @@ from runledger.settings import Settings
 
 
 class BodyLimit:
-    """Refuse request bodies over the configured size before reading them whole."""
+    """Refuse request bodies over the configured size before reading them whole. Paths that carry
+    log batches (REST ``/api/v1/logs``, GraphQL's ``write_run_logs``) take the log-batch limit."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, by_path: dict[str, int] | None = None) -> None:
+        self.app, self.default, self.by_path = app, limit, by_path or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.by_path.get(scope["path"], self.default)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send, int(declared))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(send, int(declared), limit)
         # No (or an untrusted) Content-Length: read up to the limit before the app sees anything.
         chunks, seen = [], 0
         while True:
@@ -41,8 +43,8 @@ class BodyLimit:
                 return
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
-            if seen > self.limit:
-                return await self._refuse(send, seen)
+            if seen > limit:
+                return await self._refuse(send, seen, limit)
             if not message.get("more_body", False):
                 break
         body, replayed = b"".join(chunks), False
@@ -56,9 +58,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send, size: int) -> None:
+    async def _refuse(self, send, size: int, limit: int) -> None:
         response = JSONResponse(
-            {"detail": [{"loc": ["body"], "msg": f"request body of {size} bytes is over the limit of {self.limit} bytes", "type": "too_large"}]},
+            {"detail": [{"loc": ["body"], "msg": f"request body of {size} bytes is over the limit of {limit} bytes", "type": "too_large"}]},
             status_code=413,
         )
         await response({"type": "http"}, None, send)
@@ -153,7 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
         return JSONResponse({"detail": errors}, status_code=status)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # A log batch may be as large as its own limit, plus room for the JSON around the records.
+    log_batch = max(settings.max_body_bytes, settings.logs_max_batch_bytes + 65_536)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, by_path={"/api/v1/logs": log_batch, "/graphql": log_batch, "/": log_batch})
     return app
 
 
