@@ -33,6 +33,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,7 +113,11 @@ class Stack:
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             raise RuntimeError("a Redis Cluster needs redis-server and redis-cli on PATH (apt-get install redis-server)")
-        ports = [free_port() for _ in range(nodes)]
+        ports: list[int] = []
+        while len(ports) < nodes:  # each node also listens on port + 10000 (the cluster bus)
+            port = free_port()
+            if port + 10000 <= 65535 and port not in ports and port_is_free(port + 10000):
+                ports.append(port)
         for port in ports:
             node_dir = self.workdir / f"redis-{port}"
             node_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +130,12 @@ class Stack:
             )
         for port in ports:
             wait_for_port(port)
-        subprocess.run(
+        created = subprocess.run(
             [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            capture_output=True, text=True, timeout=60,
         )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]} {created.stderr[-2000:]}")
         deadline = time.monotonic() + 30
         while True:
             states = []

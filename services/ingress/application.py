@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.bus import CommandBus
 from runledger.services.runtime.stores import Doc, IdempotencyStore, ReadModels
 from runledger import api_models as api
@@ -197,10 +198,14 @@ class Application:
         if claim.run_id != run_id:
             spec = resolve_flow_run(flow, flow_doc["archived"], group, request, claim.run_id, now)
         outcome = _ok(await self.bus.send(claim.run_id, c.CreateFlowRun(spec=spec)))
-        async with self.read.redis.pipeline(transaction=False) as pipe:
-            await self.idempotency.confirm(flow.id, request.idempotency_key, claim.run_id, pipe)
-            pipe.get(self.read.k.flow_run(claim.run_id))
-            _, raw = await pipe.execute()
+        if redis_clients.is_cluster(self.read.redis):  # cluster pipelines carry no scripts: two trips
+            await self.idempotency.confirm(flow.id, request.idempotency_key, claim.run_id)
+            raw = await self.read.redis.get(self.read.k.flow_run(claim.run_id))
+        else:
+            async with self.read.redis.pipeline(transaction=False) as pipe:
+                await self.idempotency.confirm(flow.id, request.idempotency_key, claim.run_id, pipe)
+                pipe.get(self.read.k.flow_run(claim.run_id))
+                _, raw = await pipe.execute()
         return public(orjson.loads(raw)), not outcome["created"]
 
     async def get_flow_run(self, run_id: str, loc: tuple = ("path", "flow_run_id")) -> Doc:

@@ -44,6 +44,8 @@ class ProjectionTracker:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        if redis_clients.is_cluster(self.redis):
+            await self.redis.initialize()  # the cluster pub/sub routes by the slot map: load it first
         self.pubsub = self.redis.pubsub()
         await self.pubsub.subscribe(self.keys.progress_channel)
         await self._poll_once()

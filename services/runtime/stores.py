@@ -60,8 +60,9 @@ class IdempotencyStore:
         previous = await self._claim(keys=[redis_key], args=[claim_value(run_id), self.ttl])
         return interpret_claim(previous.decode() if previous is not None else None, run_id)
 
-    async def confirm(self, flow_id: str, key: str, run_id: str, pipe) -> None:
-        """Queue the confirmation on ``pipe`` (sent with the read that follows it)."""
+    async def confirm(self, flow_id: str, key: str, run_id: str, pipe=None) -> None:
+        """Confirm now, or queue the confirmation on ``pipe`` (sent with the read that follows it;
+        not on a cluster, whose pipelines cannot carry scripts)."""
         redis_key = self.keys.idempotency(scoped_key(flow_id, key))
         await self._confirm(keys=[redis_key], args=[claim_value(run_id), run_id], client=pipe)
 
