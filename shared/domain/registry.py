@@ -14,7 +14,16 @@ from runledger.messages import commands as c
 from runledger.messages import events as e
 from runledger.messages.commands import Rejection
 
-UNIQUENESS = "Uniqueness violation."  # Prefect's client looks for this text
+# Prefect's client recognises a duplicate project only by this exact message (it looks for
+# "'Uniqueness violation.'" in the repr of the errors), so the name goes in the details.
+UNIQUENESS = "Uniqueness violation."
+
+# RunLedger serves one tenant, which always exists (Prefect Server's ``tenant`` table with one row).
+DEFAULT_TENANT = {"id": "00000000-0000-4000-8000-000000000001", "name": "default", "slug": "default"}
+
+# Every flow group's settings, as Prefect Server creates them. Version locking is not a setting
+# here: RunLedger always checks a version that is given (``version: null`` skips the check).
+FLOW_GROUP_SETTINGS = {"heartbeat_enabled": True, "lazarus_enabled": True, "version_locking_enabled": False}
 
 
 @dataclass
@@ -78,7 +87,7 @@ class Registry:
             return Rejected(
                 Rejection(
                     code="CONFLICT",
-                    message=f"{UNIQUENESS} A project named {command.name!r} already exists",
+                    message=UNIQUENESS,
                     field="name",
                     details={"project_id": existing},
                 )

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from typing_extensions import Annotated
 
 
@@ -53,6 +53,9 @@ class EdgeSpec(Frozen):
     mapped: bool = False
 
 
+_OPTIONAL_ADDITIONS = ("serialized_flow", "environment")
+
+
 class FlowDefinition(Frozen):
     """A registered flow version, as recorded in ``FlowRegistered``."""
 
@@ -71,6 +74,19 @@ class FlowDefinition(Frozen):
     tasks: list[TaskSpec] = Field(default_factory=list)
     edges: list[EdgeSpec] = Field(default_factory=list)
     idempotency_key: str | None = None
+    # Added for the Prefect 1.x client (FlowView, the agent): what it registered, kept whole. Left
+    # out of the serialized form while unset, so flows recorded before these fields existed still
+    # project to the same documents.
+    serialized_flow: JsonObject | None = None
+    environment: JsonObject | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in _OPTIONAL_ADDITIONS:
+            if data.get(name, ...) is None:
+                del data[name]
+        return data
 
     @property
     def flow_group_id(self) -> str:

@@ -1,0 +1,1 @@
+"""Pure helpers for what the Prefect 1.x client sends (serialized flows)."""
