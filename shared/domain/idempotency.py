@@ -8,8 +8,13 @@ makes creating an existing run a no-op), so the key can only ever name a run tha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+from runledger.domain.run_requests import FieldError, RequestError
+from runledger.messages.models import FlowRunSpec
 
 PENDING_PREFIX = "pending:"
 
@@ -41,3 +46,34 @@ def interpret_claim(previous_value: str | None, proposed_run_id: str) -> ClaimRe
     if previous_value.startswith(PENDING_PREFIX):
         return ClaimResult(Action.COMPLETE, previous_value[len(PENDING_PREFIX) :])
     return ClaimResult(Action.RETURN_EXISTING, previous_value)
+
+
+# -- repeats that ask for something else ---------------------------------------------------------
+# What a repeat must ask for the same as the run its key names. Prefect's client documents that a
+# repeat with other parameters or context is an error (Prefect Server silently returned the first
+# run); labels, run config and start time are not compared, as in Prefect Cloud.
+COMPARED_ON_REPEAT = ("parameters", "context")
+
+
+def differing_fields(existing_run: Mapping[str, Any], spec: FlowRunSpec) -> list[str]:
+    """The fields in which ``spec`` (the repeat, resolved as if it were new: flow defaults and
+    flow-group defaults merged in) differs from the run its key already names."""
+    return [name for name in COMPARED_ON_REPEAT if (existing_run.get(name) or {}) != (getattr(spec, name) or {})]
+
+
+def check_repeat(idempotency_key: str, existing_run: Mapping[str, Any], spec: FlowRunSpec) -> None:
+    """Refuse (422, naming the key) a repeat whose parameters or context differ from the original."""
+    fields = differing_fields(existing_run, spec)
+    if fields:
+        asked = " and ".join(fields)
+        raise RequestError(
+            422,
+            [
+                FieldError(
+                    ("body", "idempotency_key"),
+                    f"idempotency key {idempotency_key!r} already names flow run {existing_run['id']}, which was created "
+                    f"with different {asked}; repeat the request with the same {asked}, or use a new key",
+                    "idempotency_conflict",
+                )
+            ],
+        )

@@ -73,6 +73,16 @@ def _seconds(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _build(model, where: str, **fields: Any):
+    """``model(**fields)``, its validation errors named by where they are in the serialized flow."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join([where, *map(str, first["loc"])])
+        raise SerializedFlowError(f"{loc}: {first['msg']}") from None
+
+
 def flow_definition(
     serialized: dict[str, Any],
     *,
@@ -108,7 +118,9 @@ def flow_definition(
                 raise SerializedFlowError(f"serialized_flow.tasks: duplicate slug {slug!r}")
             ids[slug] = task_id_for(flow_id, slug)
             tasks.append(
-                TaskSpec(
+                _build(
+                    TaskSpec,
+                    f"serialized_flow.tasks.{i}",
                     id=ids[slug],
                     slug=slug,
                     name=task.get("name") or "",
@@ -124,17 +136,21 @@ def flow_definition(
             for slug in (up, down):
                 if slug not in ids:
                     raise SerializedFlowError(f"serialized_flow.edges: unknown task slug {slug!r}")
-        definition = FlowDefinition(
+        parameters = [
+            _build(ParameterSpec, f"serialized_flow.parameters.{i}", name=p.get("name") or p.get("slug"), default=p.get("default"),
+                   required=bool(p.get("required")))
+            for i, p in enumerate(serialized.get("parameters") or [])
+        ]
+        definition = _build(
+            FlowDefinition,
+            "serialized_flow",
             id=flow_id,
             name=name,
             project_id=project_id,
             version=0,
             version_group_id=version_group_id,
             description=description,
-            parameters=[
-                ParameterSpec(name=p.get("name") or p.get("slug"), default=p.get("default"), required=bool(p.get("required")))
-                for p in serialized.get("parameters") or []
-            ],
+            parameters=parameters,
             run_config=serialized.get("run_config"),
             storage=serialized.get("storage"),
             schedule=serialized.get("schedule"),
@@ -148,12 +164,9 @@ def flow_definition(
             serialized_flow=serialized,
             environment=serialized.get("environment"),
         )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise SerializedFlowError(f"serialized_flow: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, SerializedFlowError):
-            raise
+    except SerializedFlowError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong shape
         raise SerializedFlowError(f"serialized_flow: {exc}") from None
     names = [p.name for p in definition.parameters]
     if len(set(names)) != len(names):
