@@ -7,7 +7,8 @@
 (max + 1) in the version group of the same name in the project, older versions archived; the same
 idempotency key as the group's last registration, with an unarchived version, answers that
 version's id (the CLI then prints "Skipped"). ``set_schedule_active`` is accepted; RunLedger has
-no scheduler for flow schedules yet.
+no scheduler for flow schedules yet. A serialized flow without ``tasks`` (``Client.register()``
+sends them afterwards with ``register_tasks``) is refused: a registered flow never changes here.
 
 ``flow { settings serialized_flow environment flow_group { ... } }`` extend the ``flow`` type.
 """
@@ -31,12 +32,20 @@ from runledger.topics import REGISTRY_AGGREGATE
 
 query, mutation, flow_type = QueryType(), MutationType(), ObjectType("flow")
 
+NO_TASKS = (
+    "serialized_flow has no tasks: RunLedger registers a flow with its tasks and edges inside, as `prefect register` "
+    "sends them; flow.register() / Client.register() send them in later calls (register_tasks, register_edges), "
+    "which RunLedger does not support yet. Use `prefect register -p <file> --project <name>`."
+)
+
 
 async def _register(info, serialized: dict, input: dict) -> dict:
     app = app_of(info)
     project_id = input["project_id"]
     if await app.read.project(project_id) is None:
         raise RequestError(404, [FieldError(("input", "project_id"), f"no project with id {project_id}", "not_found")])
+    if "tasks" not in serialized:  # Client.register() takes them out to send them with register_tasks
+        raise error(NO_TASKS, "BAD_USER_INPUT", field="serialized_flow")
     group_id = input.get("version_group_id")
     try:
         definition = flow_definition(
