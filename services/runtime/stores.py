@@ -13,6 +13,7 @@ import orjson
 from runledger.domain.idempotency import ClaimResult, claim_value, interpret_claim, scoped_key
 from runledger.readmodel.indexes import FLOW_RUN
 from runledger.readmodel.keys import Keys
+from runledger.readmodel import planner
 from runledger.readmodel.planner import Plan
 from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.redis import AsyncRedis
@@ -252,9 +253,7 @@ class ReadModels:
     # -- runs of a flow (REST /flows/{id}/flow_runs) -----------------------------------------
     async def runs_of_flow(self, flow_id: str, offset: int, limit: int) -> tuple[list[Doc], int]:
         """A flow's runs, latest scheduled start first."""
-        from runledger.readmodel.planner import plan as make_plan
-
-        flow_plan = make_plan(FLOW_RUN, {"flow_id": {"_eq": flow_id}}, {"scheduled_start_time": "desc"})
+        flow_plan = planner.plan(FLOW_RUN, {"flow_id": {"_eq": flow_id}}, {"scheduled_start_time": "desc"})
         walk = await self.walk(flow_plan, None, need=offset + limit, scan_limit=offset + limit)
         return walk.docs[offset:], await self.index_size(flow_plan)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ariadne import ObjectType, QueryType
 
-from runledger.services.ingress.application import public
 from runledger.services.ingress.graphql.coercion import json_object
 from runledger.services.ingress.graphql.errors import translate_errors
 from runledger.readmodel.planner import Plan

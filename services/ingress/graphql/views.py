@@ -16,7 +16,6 @@ from runledger.readmodel.filters import matches, order
 from runledger.services.ingress.application import Application, public
 from runledger.services.ingress.graphql.errors import error
 
-SCAN_LIMIT = 1000  # default bound of a read no index fits (the ingress uses settings.read_scan_limit)
 
 log = structlog.get_logger(component="graphql")
 
