@@ -21,7 +21,7 @@ from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.bus import CommandBus
 from runledger.services.runtime.stores import Doc, IdempotencyStore, ReadModels
 from runledger import api_models as api
-from runledger.domain.idempotency import Action
+from runledger.domain.idempotency import Action, check_repeat
 from runledger.domain.run_requests import FieldError, RequestError, choose_flow_by_name, resolve_flow_run, task_run_id_for
 from runledger.messages import commands as c
 from runledger.messages.commands import Rejection, Reply
@@ -194,6 +194,7 @@ class Application:
         if claim.action is Action.RETURN_EXISTING:
             existing = await self.read.flow_run(claim.run_id)
             if existing is not None:
+                check_repeat(request.idempotency_key, existing, spec)
                 return public(existing), True
         if claim.run_id != run_id:
             spec = resolve_flow_run(flow, flow_doc["archived"], group, request, claim.run_id, now)
@@ -206,7 +207,10 @@ class Application:
                 await self.idempotency.confirm(flow.id, request.idempotency_key, claim.run_id, pipe)
                 pipe.get(self.read.k.flow_run(claim.run_id))
                 _, raw = await pipe.execute()
-        return public(orjson.loads(raw)), not outcome["created"]
+        run = orjson.loads(raw)
+        if not outcome["created"]:  # our claim named a run that already existed: a repeat too
+            check_repeat(request.idempotency_key, run, spec)
+        return public(run), not outcome["created"]
 
     async def get_flow_run(self, run_id: str, loc: tuple = ("path", "flow_run_id")) -> Doc:
         run = await self.read.flow_run(run_id)

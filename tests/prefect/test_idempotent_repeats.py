@@ -2,8 +2,7 @@
 key names is refused with an error naming the key (the Prefect client's docstring promises it);
 an identical repeat still returns the run. Over GraphQL with the real client, and over REST (422).
 
-The comparison is ``runledger.domain.idempotency.check_repeat``; until ``Application.create_flow_run``
-calls it, the original run is returned silently and these tests are expected to fail.
+The comparison is ``runledger.domain.idempotency.check_repeat``, called by ``Application.create_flow_run``.
 """
 
 from __future__ import annotations
@@ -15,10 +14,7 @@ import pytest
 from tests.conftest import register
 from tests.prefect.conftest import unique
 
-pending = pytest.mark.xfail(reason="needs the check_repeat call in Application.create_flow_run", strict=False)
 
-
-@pending
 def test_the_client_is_refused_a_repeat_with_other_parameters(prefect, api, project):
     flow = register(api, project, name=unique("repeat"), parameters=[{"name": "who", "default": "world"}])
     result = prefect.python(
@@ -41,7 +37,6 @@ def test_the_client_is_refused_a_repeat_with_other_parameters(prefect, api, proj
     assert same and refused and "idempotency key 'nightly-1'" in refused and "parameters" in refused
 
 
-@pending
 def test_rest_answers_422_for_a_repeat_with_other_parameters_or_context(api, project):
     flow = register(api, project, name=unique("repeat"), parameters=[{"name": "who", "default": "world"}])
     body = {"flow_id": flow["id"], "idempotency_key": "K", "parameters": {"who": "marvin"}, "context": {"a": 1}}

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"runledger": ROOT / "shared", "runledger.services": ROOT / "services"}
 
 # The pure layer: no I/O clients, no web frameworks, nothing from the services.
-PURE = ("runledger.domain", "runledger.messages", "runledger.readmodel", "runledger.topics", "runledger.settings", "runledger.api_models")
+PURE = ("runledger.domain", "runledger.messages", "runledger.readmodel", "runledger.prefect", "runledger.topics", "runledger.settings", "runledger.api_models")
 IO_LIBRARIES = ("aiokafka", "redis", "fastapi", "starlette", "uvicorn", "httpx", "aiohttp", "ariadne", "structlog", "faust", "runledger.client")
 SERVICES = ("ingress", "transitions", "projector")
 
