@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.conftest import register
 from tests.prefect.conftest import unique
 
