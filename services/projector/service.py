@@ -29,22 +29,42 @@ from runledger.topics import PROJECTOR
 # checkpoint is no longer the one the documents were read at (another projector, or a rebuild,
 # wrote in between: the caller re-reads and retries); else apply the net changes, move the
 # checkpoint and publish the progress. Every key is in the partition's slot (Redis Cluster safe).
-# KEYS: checkpoint, fence, then the keys the ops name by index. ARGV: expected checkpoint ('' for
-# none), new checkpoint, progress channel, progress message, then ops (code, key index, args...).
+# KEYS: checkpoint, fence, then the keys the groups name by index. ARGV: expected checkpoint (''
+# for none), new checkpoint, progress channel, progress message, then groups — one command per
+# key with all its members (variadic ZADD/ZREM/SADD/SREM/HSET/HDEL, documents in one MSET):
+#   'S' n (keyidx value)*n | 'Z' keyidx n (score member)*n | 'z'/'A'/'a'/'h' keyidx n item*n |
+#   'H' keyidx n (field value)*n
 _APPLY_BATCH = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return -2 end
+local CHUNK = 4000
+local function variadic(cmd, key, first, last)
+  for s = first, last, CHUNK do
+    local e = math.min(s + CHUNK - 1, last)
+    redis.call(cmd, key, unpack(ARGV, s, e))
+  end
+end
+local commands = {Z = 'ZADD', z = 'ZREM', A = 'SADD', a = 'SREM', H = 'HSET', h = 'HDEL'}
+local width = {Z = 2, z = 1, A = 1, a = 1, H = 2, h = 1}
 local i, n = 5, #ARGV
 while i <= n do
-  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-  if op == 'S' then redis.call('SET', key, ARGV[i + 2]); i = i + 3
-  elseif op == 'Z' then redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
-  elseif op == 'z' then redis.call('ZREM', key, ARGV[i + 2]); i = i + 3
-  elseif op == 'A' then redis.call('SADD', key, ARGV[i + 2]); i = i + 3
-  elseif op == 'a' then redis.call('SREM', key, ARGV[i + 2]); i = i + 3
-  elseif op == 'H' then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
-  elseif op == 'h' then redis.call('HDEL', key, ARGV[i + 2]); i = i + 3
-  else return redis.error_reply('unknown op ' .. tostring(op)) end
+  local op = ARGV[i]
+  if op == 'S' then
+    local count = tonumber(ARGV[i + 1])
+    local j = i + 2
+    for _ = 1, count do
+      redis.call('SET', KEYS[tonumber(ARGV[j])], ARGV[j + 1])
+      j = j + 2
+    end
+    i = j
+  else
+    local cmd = commands[op]
+    if not cmd then return redis.error_reply('unknown op ' .. tostring(op)) end
+    local key, count = KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+    local first, last = i + 3, i + 2 + count * width[op]
+    variadic(cmd, key, first, last)
+    i = last + 1
+  end
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -53,7 +73,7 @@ return 1
 
 
 def batch_arguments(checkpoint_key: str, fence_key: str, expected: bytes | None, end: int, channel: str, message: str, changes: Changes):
-    """KEYS and ARGV of ``_APPLY_BATCH`` for ``changes``."""
+    """KEYS and ARGV of ``_APPLY_BATCH`` for ``changes``: one variadic command per key and kind."""
     keys = [checkpoint_key, fence_key]
     index: dict[str, int] = {}
 
@@ -65,14 +85,25 @@ def batch_arguments(checkpoint_key: str, fence_key: str, expected: bytes | None,
         return found
 
     args: list = [expected or b"", end, channel, message]
-    for key, doc in changes.docs.items():
-        args += ("S", at(key), orjson.dumps(doc))
+    if changes.docs:
+        args += ("S", len(changes.docs))
+        for key, doc in changes.docs.items():
+            args += (at(key), orjson.dumps(doc))
+    groups: dict[tuple[str, str], list] = {}
     for (key, member), score in changes.zsets.items():
-        args += ("Z", at(key), score, member) if score is not None else ("z", at(key), member)
+        if score is not None:
+            groups.setdefault(("Z", key), []).extend((score, member))
+        else:
+            groups.setdefault(("z", key), []).append(member)
     for (key, member), present in changes.sets.items():
-        args += ("A" if present else "a", at(key), member)
+        groups.setdefault(("A" if present else "a", key), []).append(member)
     for (key, name), value in changes.hashes.items():
-        args += ("H", at(key), name, value) if value is not None else ("h", at(key), name)
+        if value is not None:
+            groups.setdefault(("H", key), []).extend((name, value))
+        else:
+            groups.setdefault(("h", key), []).append(name)
+    for (code, key), items in groups.items():
+        args += (code, at(key), len(items) // 2 if code in ("Z", "H") else len(items), *items)
     return keys, args
 
 

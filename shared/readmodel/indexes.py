@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 # Prefect 1.x server's SCHEDULED_STATES: the states a scheduler/agent picks runs up from.
@@ -67,14 +68,19 @@ TASK_RUN_INDEXES = (
 BY_NAME = {spec.name: spec for spec in (*FLOW_RUN_INDEXES, *TASK_RUN_INDEXES)}
 
 
+@lru_cache(maxsize=65536)
+def _ms(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000.0
+
+
 def score_of(value: Any) -> float | None:
     """Milliseconds since the epoch of an ISO timestamp (or a datetime); None if absent."""
     if value is None:
         return None
+    if isinstance(value, str):
+        return _ms(value)
     if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value.timestamp() * 1000.0
 
 
@@ -90,6 +96,28 @@ def due_score(doc: dict[str, Any]) -> float | None:
     if not isinstance(state, dict) or state.get("type") not in SCHEDULED_STATES:
         return None
     return score_of(state.get("start_time") or doc.get("scheduled_start_time"))
+
+
+# The fields an index entry depends on that never change after creation, per entity: when an
+# update leaves them as they were, only the state-dependent entries can change.
+STATIC_FIELDS = {
+    FLOW_RUN: ("created", "scheduled_start_time", "flow_id", "flow_group_id", "project_id", "labels"),
+    TASK_RUN: ("created", "flow_run_id"),
+}
+
+
+def state_entries(entity: str, doc: dict[str, Any]) -> dict[tuple[str, str | None], float]:
+    """The part of ``entries`` that depends on the current state."""
+    out: dict[tuple[str, str | None], float] = {}
+    state = _state_type(doc)
+    if entity == FLOW_RUN:
+        if state is not None:
+            out[("fr:state", state)] = score_of(doc.get("scheduled_start_time"))
+        if (due := due_score(doc)) is not None:
+            out[("fr:due", None)] = due
+    elif state is not None:
+        out[("tr:state", state)] = score_of(doc.get("created"))
+    return out
 
 
 def entries(entity: str, doc: dict[str, Any] | None) -> dict[tuple[str, str | None], float]:

@@ -133,7 +133,12 @@ class Projection:
 
     def _reindex(self, env: EventEnvelope, entity: str, old: dict | None, new: dict, changes: Changes) -> None:
         """Move the document's index entries from what ``old`` was in to what ``new`` is in."""
-        before, after = indexes.entries(entity, old), indexes.entries(entity, new)
+        if old is not None and all(old.get(f) is new.get(f) for f in indexes.STATIC_FIELDS[entity]):
+            if old.get("state") is new.get("state"):
+                return  # nothing an index depends on changed
+            before, after = indexes.state_entries(entity, old), indexes.state_entries(entity, new)
+        else:
+            before, after = indexes.entries(entity, old), indexes.entries(entity, new)
         if before == after:
             return
         p, member = self.partition(env), new["id"]
