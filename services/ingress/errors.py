@@ -8,9 +8,8 @@ tests/unit/test_rejection_table.py checks that every code has a row.
 from __future__ import annotations
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import ClusterDownError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runledger.services.runtime.redis import OUTAGE_ERRORS
 
 REJECTIONS: dict[str, tuple[int, str]] = {
     # code: (HTTP status, GraphQL extensions.code)
@@ -33,12 +32,6 @@ def graphql_code(code: str) -> str:
 # A dependency that is down or exhausted (Redis, the broker, a full connection pool) is answered
 # 503 with Retry-After on REST and with the retryable code API_ERROR on GraphQL (the Prefect
 # client retries it), never a 500.
-OUTAGES: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ClusterDownError,
-    TryAgainError,
-    KafkaError,
-)
+OUTAGES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, KafkaError)
 RETRY_AFTER_SECONDS = 1
 OUTAGE_GRAPHQL_CODE = "API_ERROR"

@@ -22,11 +22,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from runledger.services.runtime import redis as redis_clients
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.domain.states import StateType, is_finished
 from runledger.messages.logs import LEVELS, BatchTooLarge, LogLimits, RecordError, chunks, parse_time, validate_batch
@@ -58,7 +58,7 @@ class LogsContext:
             max_batch_bytes=settings.logs_max_batch_bytes,
             max_records=settings.logs_max_records,
         )
-        self.redis = aioredis.from_url(settings.redis_url)
+        self.redis = redis_clients.client(settings)
         self.store = LogStore(self.redis, settings.redis_prefix)
         self.producer = None
         self.topic = None
@@ -289,7 +289,7 @@ class RunFeed:
 
     async def start(self) -> None:
         self.last = await self.ctx.store.last_timeline_id(self.run_id)
-        self.redis = aioredis.from_url(self.ctx.settings.redis_url, max_connections=1)
+        self.redis = redis_clients.client(self.ctx.settings, max_connections=1)
         self.task = asyncio.create_task(self._follow())
         self.started.set()
 

@@ -24,10 +24,10 @@ import time
 from datetime import datetime
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from redis.exceptions import NoScriptError, ResponseError
 
+from runledger.services.runtime import redis as redis_clients
 from runledger.domain.states import StateType, is_finished
 from runledger.messages.logs import LogChunk
 from runledger.services.runtime.consumer import ConsumerService
@@ -43,7 +43,7 @@ REALIGN_SECONDS = 0.5
 class _StoreConsumer(ConsumerService):
     """What both loops share: the store, positions saved in Redis, replay when the store is dropped."""
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis, store: LogStore) -> None:
+    def __init__(self, settings: Settings, redis: redis_clients.AsyncRedis, store: LogStore) -> None:
         super().__init__(settings)
         self.redis, self.store = redis, store
         self._last_realign = 0.0
@@ -211,7 +211,7 @@ class LogService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.log = configure("logs", settings.log_level, settings.log_json)
-        self.redis = aioredis.from_url(settings.redis_url)
+        self.redis = redis_clients.client(settings)
         self.store = LogStore(self.redis, settings.redis_prefix)
         self.lines = LogLines(settings, self.redis, self.store)
         self.states = RunStates(settings.model_copy(update={"health_port": 0}), self.redis, self.store)

@@ -14,18 +14,17 @@ import asyncio
 from datetime import datetime, timezone
 
 from aiokafka import ConsumerRebalanceListener
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runledger.messages.codec import encode
 from runledger.messages.dead_letter import DeadLetter
 from runledger.services.runtime import kafka
 from runledger.services.runtime.health import HealthServer
 from runledger.services.runtime.logs import configure
+from runledger.services.runtime.redis import OUTAGE_ERRORS
 from runledger.settings import Settings
 from runledger.topics import ConsumerGroup, Topic, Topics, topics_for
 
-DEPENDENCY_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+DEPENDENCY_ERRORS = (*OUTAGE_ERRORS, ConnectionError, OSError)
 
 
 class ConsumerService:

@@ -13,10 +13,16 @@ from typing import Any
 import redis as redis_sync
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runledger.settings import Settings
 
 AsyncRedis = aioredis.Redis | RedisCluster
+
+# Redis is down, restarting, failing over or out of connections: wait and retry, never crash.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
 
 
 def is_cluster(client: Any) -> bool:

@@ -44,7 +44,7 @@ def test_client_commands(stack, tmp_path):
 
 
 @pytest.mark.slow
-def test_dev_starts_everything_and_ctrl_c_stops_it(tmp_path):
+def test_dev_starts_everything_restarts_a_dead_service_and_ctrl_c_stops_it(tmp_path):
     port = free_port()
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing there: it starts its own
     process = subprocess.Popen(
@@ -64,6 +64,17 @@ def test_dev_starts_everything_and_ctrl_c_stops_it(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/health/ready").json() == {"ready": True}
         created = httpx.post(f"http://127.0.0.1:{port}/api/v1/projects", json={"name": "dev"})
         assert created.status_code == 201
+        # A service that dies is restarted (with backoff, said on stderr), not the end of the stack.
+        projector = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "runledger.services.projector"],
+                                   capture_output=True, text=True).stdout.split()
+        assert len(projector) == 1, projector
+        os.kill(int(projector[0]), signal.SIGKILL)
+        while "projector restarted" not in (line := process.stdout.readline()):
+            lines.append(line)
+            assert line and process.poll() is None, "".join(lines)
+        assert any("projector exited with -9; restarting in" in line for line in lines), "".join(lines)
+        second = httpx.post(f"http://127.0.0.1:{port}/api/v1/projects", json={"name": "dev-again"}, timeout=60)
+        assert second.status_code == 201, second.text  # answered only once the restarted projector applied it
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         rest = process.stdout.read()
