@@ -14,10 +14,13 @@ runs Running/Success -> Success, every fourth with a refused stale update (``Ver
 then stamped into as many runs as needed by substituting a per-copy id suffix, and produced
 straight to the events topic in large batches (no HTTP: a million requests would take hours).
 
-Per size: (1) start with ``RUNLEDGER_SNAPSHOTS=false`` (full replay), stop; (2) start with
-snapshots on (no snapshot yet: full replay, then it snapshots every partition), wait until every
-partition's snapshot is saved, stop; (3) restart with snapshots on: restore + tail. Stops are
-SIGTERM (a kill -9 adds about two group session timeouts on the embedded broker, nothing of ours).
+Sizes up to ``--full-max``: (1) start with ``RUNLEDGER_SNAPSHOTS=false`` (full replay), stop;
+(2) start with snapshots on (no snapshot yet: full replay, then it snapshots every partition),
+wait until every partition's snapshot is saved, stop; (3) restart with snapshots on: restore +
+tail. Larger sizes seed the snapshots (``seeded_snapshots``, checked against replaying ledgers by
+``check_seeding``), add ``--tail`` events and time only (3): two full replays of a million events
+would take minutes each. Stops are SIGTERM (a kill -9 adds about two group session timeouts on
+the embedded broker, nothing of ours).
 """
 
 from __future__ import annotations
@@ -35,16 +38,19 @@ from pathlib import Path
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from runledger.domain import snapshots
 from runledger.domain.ledger import Ledger
+from runledger.domain.snapshots import Captured, encode_aggregate
 from runledger.domain.states import State
 from runledger.messages import commands as c
-from runledger.messages.codec import encode
+from runledger.messages.codec import decode_event, encode
 from runledger.messages.commands import CommandEnvelope
 from runledger.messages.models import FlowRunSpec, PlannedTaskRun
 from runledger.services.devstack import Stack, free_port
 from runledger.services.runtime import kafka
+from runledger.services.transitions.snapshots import SnapshotStore, pack
 from runledger.settings import Settings
-from runledger.topics import topics_for
+from runledger.topics import SNAPSHOTS, topics_for
 
 SUFFIX = b"aaaaaaaaaaaa"  # the last 12 hex digits of every id in a template: replaced per copy
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -88,29 +94,85 @@ def template_runs(count: int) -> list[tuple[bytes, list[bytes]]]:
         if r % 4 == 0:
             steps.append(c.SetFlowRunState(state=State(type="Success"), version=1))  # stale: a recorded refusal
         steps.append(c.SetFlowRunState(state=State(type="Success", message="All reference tasks succeeded."), version=3))
+        seen = len(ledger.verdicts())
         for payload in steps:
             answer = ledger.decide(command(payload), now)
             events += [encode(env) for env in answer.events]
-        out.append((run_id.encode(), events))
+        verdicts = [(cid.encode(), raw) for cid, raw in ledger.verdicts()[seen:]]
+        out.append((run_id.encode(), events, encode_aggregate(ledger.aggregates[run_id]), verdicts))
     return out
 
 
-def stamp(templates, total_events: int):
-    """Yields (key, value) records: copies of the template runs with unique ids, ``total`` events."""
-    produced, copy = 0, 0
+def stamped_runs(templates, total_events: int, first_copy: int = 0):
+    """Copies of the template runs with unique ids (whole runs) until ``total_events`` events:
+    yields (suffix, template)."""
+    produced, copy = 0, first_copy
     while produced < total_events:
         suffix = f"{copy:012x}".encode()
-        for key, events in templates:
-            k = key.replace(SUFFIX, suffix)
-            for value in events:
-                yield k, value.replace(SUFFIX, suffix)
-                produced += 1
+        for template in templates:
+            yield suffix, template
+            produced += len(template[1])
             if produced >= total_events:
                 return
         copy += 1
 
 
-async def fill(settings: Settings, total_events: int, templates) -> tuple[float, list[int]]:
+def stamp(templates, total_events: int, first_copy: int = 0):
+    """Yields (key, value) event records of ``stamped_runs``."""
+    for suffix, (key, events, _, _) in stamped_runs(templates, total_events, first_copy):
+        k = key.replace(SUFFIX, suffix)
+        for value in events:
+            yield k, value.replace(SUFFIX, suffix)
+
+
+def seeded_snapshots(templates, total_events: int, partitions: int, dedup_window: int) -> dict[int, Captured]:
+    """The snapshot the writer would take of each partition at the end of ``stamp(templates,
+    total_events)``: the templates' encoded aggregates and verdicts, stamped the same way (the
+    encoder's output is per aggregate and per verdict, so this is byte for byte what it writes;
+    ``check_seeding`` verifies it against a ledger that replays the events)."""
+    partitioner, ps = DefaultPartitioner(), list(range(partitions))
+    aggregates = {p: [] for p in ps}
+    verdicts = {p: [] for p in ps}
+    counts = dict.fromkeys(ps, 0)
+    for suffix, (key, events, aggregate, run_verdicts) in stamped_runs(templates, total_events):
+        k = key.replace(SUFFIX, suffix)
+        p = partitioner(k, ps, ps)
+        counts[p] += len(events)
+        aggregates[p].append((k.decode(), aggregate.replace(SUFFIX, suffix)))
+        verdicts[p] += [(cid.replace(SUFFIX, suffix).decode(), raw.replace(SUFFIX, suffix)) for cid, raw in run_verdicts]
+    return {p: Captured(counts[p], aggregates[p], verdicts[p][-dedup_window:]) for p in ps}
+
+
+def check_seeding(templates, partitions: int) -> None:
+    """Seeded snapshots == snapshots of ledgers that replayed the same events (two copies)."""
+    total = 2 * sum(len(t[1]) for t in templates)
+    partitioner, ps = DefaultPartitioner(), list(range(partitions))
+    ledgers = {p: Ledger() for p in ps}
+    for key, value in stamp(templates, total):
+        ledgers[partitioner(key, ps, ps)].replay(decode_event(value))
+    seeded = seeded_snapshots(templates, total, partitions, Settings().dedup_window)
+    for p in ps:
+        restored, position = snapshots.decode(seeded[p].to_bytes())
+        assert dict(restored.aggregates.items()) == ledgers[p].aggregates, f"seeded aggregates differ in partition {p}"
+        assert restored.verdicts() == ledgers[p].verdicts(), f"seeded verdicts differ in partition {p}"
+
+
+async def seed(settings: Settings, captured: dict[int, Captured]) -> float:
+    """Write the snapshots with the writer's own store."""
+    producer = kafka.producer(settings)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        store = SnapshotStore(topics_for(settings)[SNAPSHOTS].name, producer, None)
+        for p, cap in captured.items():
+            raw = cap.to_bytes()
+            await store.save(p, cap.position, pack(raw), len(raw))
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def fill(settings: Settings, total_events: int, templates, first_copy: int = 0) -> tuple[float, list[int]]:
     topic = topics_for(settings).events.name
     partitions = list(range(settings.partitions))
     partitioner = DefaultPartitioner()
@@ -132,7 +194,7 @@ async def fill(settings: Settings, total_events: int, templates) -> tuple[float,
             pending.clear()
 
     try:
-        for key, value in stamp(templates, total_events):
+        for key, value in stamp(templates, total_events, first_copy):
             p = partitioner(key, partitions, partitions)
             if batches[p].append(key=key, value=value, timestamp=None) is None:
                 await flush(p)
@@ -207,7 +269,10 @@ def stop_writer(stack: Stack) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------------
-def run_size(total: int, templates, partitions: int, timeout: float, skip_off: bool) -> dict:
+def run_size(total: int, templates, partitions: int, timeout: float, full: bool, tail: int) -> dict:
+    """``full``: the writer replays everything itself (off, then on and snapshotting), then restarts
+    from its own snapshots. Otherwise the snapshots are seeded (``seeded_snapshots``) and ``tail``
+    more events are produced after them: only the restart with snapshots on is measured."""
     stack = Stack(own_redis=True, partitions=partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "INFO"})
     stack.api_port = free_port()
     try:
@@ -216,21 +281,31 @@ def run_size(total: int, templates, partitions: int, timeout: float, skip_off: b
         asyncio.run(stack.create_topics())
         settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=partitions)
         fill_s, counts = asyncio.run(fill(settings, total, templates))
-        print(f"  {total:,} events produced in {fill_s:.1f} s ({total / fill_s:,.0f}/s), per partition {counts}", flush=True)
-        row: dict = {"events": total, "fill_s": fill_s}
-        if not skip_off:
+        print(f"  {sum(counts):,} events produced in {fill_s:.1f} s ({sum(counts) / fill_s:,.0f}/s), per partition {counts}", flush=True)
+        row: dict = {"events": sum(counts), "fill_s": fill_s, "full": full}
+        if full:
             row["off"] = start_writer(stack, False, timeout)
             stop_writer(stack)
             print(f"  snapshots off: ready {row['off']['ready']:.2f} s", flush=True)
-        first = start_writer(stack, True, timeout)
-        row["first"] = first
-        saved = wait_for_snapshots(stack, first["since"], partitions, timeout)
-        row["snapshots"] = saved
-        stop_writer(stack)
-        print(f"  snapshots taken: {sum(s['bytes'] for s in saved) / 2**20:.1f} MiB raw, "
-              f"{sum(s['compressed_bytes'] for s in saved) / 2**20:.1f} MiB stored", flush=True)
+            first = start_writer(stack, True, timeout)
+            row["first"] = first
+            print(f"  snapshots on, first start: ready {first['ready']:.2f} s", flush=True)
+            row["snapshots"] = wait_for_snapshots(stack, first["since"], partitions, timeout)
+            stop_writer(stack)
+        else:
+            started = time.perf_counter()
+            seeded = seeded_snapshots(templates, total, partitions, settings.dedup_window)
+            seed_s = asyncio.run(seed(settings, seeded))
+            row["snapshots"] = [{"bytes": len(c.to_bytes()), "compressed_bytes": 0, "chunks": 0, "capture_ms": float("nan")}
+                                for c in seeded.values()]
+            print(f"  snapshots seeded in {time.perf_counter() - started:.1f} s (written in {seed_s:.1f} s)", flush=True)
+            tail_s, tail_counts = asyncio.run(fill(settings, tail, templates, first_copy=10**6))
+            row["tail"] = sum(tail_counts)
+            print(f"  then {sum(tail_counts):,} more events (the tail) in {tail_s:.1f} s", flush=True)
+        print(f"  snapshots: {sum(x['bytes'] for x in row['snapshots']) / 2**20:.1f} MiB raw", flush=True)
         row["on"] = start_writer(stack, True, timeout)
         stop_writer(stack)
+        print(f"  snapshots on, restart: ready {row['on']['ready']:.2f} s", flush=True)
         return row
     finally:
         stack.stop()
@@ -239,43 +314,55 @@ def run_size(total: int, templates, partitions: int, timeout: float, skip_off: b
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.writer_restart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated event counts (default 100000,1000000)")
+    parser.add_argument("--full-max", type=int, default=200_000,
+                        help="sizes up to this run the full protocol (writer replays all, snapshots itself); "
+                        "larger ones seed the snapshots and time only the restart (default 200000)")
+    parser.add_argument("--tail", type=int, default=5000, help="events after a seeded snapshot (default 5000)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--templates", type=int, default=64, help="distinct template runs made by the ledger")
-    parser.add_argument("--timeout", type=float, default=300.0, help="per writer start (s)")
-    parser.add_argument("--skip-off", action="store_true", help="skip the snapshots-off start (the first start is one too)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per writer start (s)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    settings = Settings()
     print(f"writer restart bench: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"load {os.getloadavg()[0]:.2f}, partitions {args.partitions}, "
-          f"snapshot every {Settings().snapshot_every_events:,} events / {Settings().snapshot_every_seconds:g} s", flush=True)
+          f"snapshot every {settings.snapshot_every_events:,} events / {settings.snapshot_every_seconds:g} s", flush=True)
     started = time.perf_counter()
     templates = template_runs(args.templates)
-    per_run = sum(len(e) for _, e in templates) / len(templates)
-    print(f"  {len(templates)} template runs from the ledger, {per_run:.1f} events per run", flush=True)
+    check_seeding(templates, args.partitions)
+    per_run = sum(len(t[1]) for t in templates) / len(templates)
+    print(f"  {len(templates)} template runs from the ledger, {per_run:.1f} events per run (seeding checked)", flush=True)
     rows = []
     for total in sizes:
         print(f"{total:,} events:", flush=True)
-        rows.append(run_size(total, templates, args.partitions, args.timeout, args.skip_off))
+        rows.append(run_size(total, templates, args.partitions, args.timeout, total <= args.full_max, args.tail))
     print()
-    header = f"{'events':>10} | {'snapshots':<22} | {'ready s':>8} | {'caught up s':>11} | {'replayed':>9} | {'RSS MiB':>8}"
+    header = f"{'events':>10} | {'snapshots':<28} | {'ready s':>8} | {'caught up s':>11} | {'replayed':>9} | {'RSS MiB':>8}"
     print(header)
     print("-" * len(header))
+    rate = next((r["off"]["replayed"] / r["off"]["caught_up"] for r in rows if r.get("off") and r["off"]["caught_up"]), None)
     for row in rows:
-        cases = [("off (full replay)", row.get("off")), ("on, first start*", row["first"]), ("on, restart", row["on"])]
+        cases = [("off (full replay)", row.get("off")), ("on, first start (full)*", row.get("first")),
+                 ("on, restart" + (" (seeded)**" if not row["full"] else ""), row["on"])]
         for label, m in cases:
-            if m is None:
-                continue
-            print(f"{row['events']:>10,} | {label:<22} | {m['ready']:>8.2f} | {m['caught_up']:>11.2f} | "
-                  f"{m['replayed']:>9,} | {m['rss']:>8.0f}")
-    print("\n* no snapshot exists yet: a full replay, after which every partition is snapshotted.")
+            if m is not None:
+                print(f"{row['events']:>10,} | {label:<28} | {m['ready']:>8.2f} | {m['caught_up']:>11.2f} | "
+                      f"{m['replayed']:>9,} | {m['rss']:>8.0f}")
+        if not row["full"] and rate:
+            print(f"{row['events']:>10,} | {'off: not run; estimate':<28} | {'':>8} | {row['events'] / rate:>11.0f} | "
+                  f"{row['events']:>9,} | {'':>8}")
+    print("\n*  no snapshot exists yet: a full replay, after which every partition is snapshotted.")
+    print("** snapshots seeded by the bench (byte-equivalent to the writer's; see seeded_snapshots), then a tail of events.")
     for row in rows:
         s = row["snapshots"]
-        print(f"{row['events']:,} events: snapshot {sum(x['bytes'] for x in s) / 2**20:.1f} MiB raw / "
-              f"{sum(x['compressed_bytes'] for x in s) / 2**20:.1f} MiB stored in {sum(x['chunks'] for x in s)} chunks; "
-              f"longest lock hold while snapshotting {max(x.get('longest_hold_ms', x['capture_ms']) for x in s):.0f} ms; "
-              f"restore (read + decode, slowest partition) {row['on']['restore_s']:.2f} s")
-    print(f"\ntotal bench time {time.perf_counter() - started:.0f} s")
+        line = f"{row['events']:,} events: snapshots {sum(x['bytes'] for x in s) / 2**20:.1f} MiB raw"
+        if row["full"]:
+            line += (f" / {sum(x['compressed_bytes'] for x in s) / 2**20:.1f} MiB stored in {sum(x['chunks'] for x in s)} chunks; "
+                     f"longest lock hold while snapshotting {max(x.get('longest_hold_ms', x['capture_ms']) for x in s):.0f} ms")
+        line += f"; restore (read + decode, slowest partition) {row['on']['restore_s']:.2f} s"
+        print(line)
+    print(f"\ntotal bench time {time.perf_counter() - started:.0f} s, load average now {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
     return 0

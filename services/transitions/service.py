@@ -31,7 +31,7 @@ from runledger.services.transitions.snapshots import SnapshotStore, SnapshotUnav
 from runledger.settings import Settings
 from runledger.topics import SNAPSHOTS, TRANSITIONS
 
-REFRESH_SLICE = 500  # aggregates re-encoded per turn of the lock while a snapshot is prepared
+REFRESH_SLICE = 200  # aggregates re-encoded per turn of the lock while a snapshot is prepared
 
 
 class PartitionBook:
