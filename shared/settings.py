@@ -45,6 +45,11 @@ class Settings(BaseSettings):
 
     # Behaviour
     idempotency_ttl_seconds: int = Field(86400, ge=0, description="0 = keys never expire.")
+    idempotency_restore_grace_seconds: int = Field(
+        86400, ge=0,
+        description="After Redis lost its data, keys of runs created within TTL + this are restored (for a full TTL): "
+        "TTL refreshes are not in the log, so a key refreshed up to this long after its creation survives.",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_json_field_bytes: int = Field(262_144, ge=256, description="Limit for parameters/context/run_config/state payloads.")
     command_timeout_seconds: float = Field(30.0, gt=0)

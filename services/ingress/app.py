@@ -124,12 +124,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return unavailable(reason, ready=False)
         try:
             await request.app.state.application.read.ping()
+            restored = await request.app.state.application.idempotency.restored()
         except Exception as exc:
             return unavailable(f"Redis does not answer ({type(exc).__name__})", ready=False)
+        if not restored:
+            return unavailable("idempotency keys are being restored from the event log", ready=False)
         return JSONResponse({"ready": True})
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
+        if exc.status == 404 and not await request.app.state.application.idempotency.restored():
+            # Redis lost its data and the read models are being rebuilt: "not found" may be untrue
+            return unavailable("the read models are being rebuilt from the event log after Redis lost its data")
         return JSONResponse({"detail": [e.as_dict() for e in exc.errors]}, status_code=exc.status)
 
     @app.exception_handler(CommandRejected)

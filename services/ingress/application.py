@@ -19,7 +19,7 @@ import orjson
 
 from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.bus import CommandBus
-from runledger.services.runtime.stores import Doc, IdempotencyStore, ReadModels
+from runledger.services.runtime.stores import Doc, IdempotencyStore, ReadModels, RestoringFromLog
 from runledger import api_models as api
 from runledger.domain.idempotency import Action, check_repeat
 from runledger.domain.run_requests import FieldError, RequestError, choose_flow_by_name, resolve_flow_run, task_run_id_for
@@ -85,6 +85,8 @@ def _decode_cursor(cursor: str, fingerprint: str) -> tuple[float, str]:
 class Application:
     def __init__(self, settings: Settings, bus: CommandBus, read: ReadModels, idempotency: IdempotencyStore) -> None:
         self.settings, self.bus, self.read, self.idempotency = settings, bus, read, idempotency
+        # While Redis's idempotency keys are restored from the log, a create waits this long, then 503.
+        self.hold_seconds = min(5.0, settings.command_timeout_seconds / 2)
 
     def _check_size(self, loc: tuple, value: Any) -> None:
         if value is None:
@@ -188,7 +190,7 @@ class Application:
             outcome = _ok(await self.bus.send(run_id, c.CreateFlowRun(spec=spec)))
             return public(await self.read.flow_run(outcome["flow_run_id"])), False
 
-        claim = await self.idempotency.claim(flow.id, request.idempotency_key, run_id)
+        claim = await self.idempotency.claim(flow.id, request.idempotency_key, run_id, hold_seconds=self.hold_seconds)
         if self.settings.fault == "crash_after_idempotency_claim":
             os._exit(137)  # test hook: die holding a claim, before the run is recorded
         if claim.action is Action.RETURN_EXISTING:
@@ -207,6 +209,8 @@ class Application:
                 await self.idempotency.confirm(flow.id, request.idempotency_key, claim.run_id, pipe)
                 pipe.get(self.read.k.flow_run(claim.run_id))
                 _, raw = await pipe.execute()
+        if raw is None:  # recorded, but Redis lost its data since: the client's retry finds the run
+            raise RestoringFromLog("the run was recorded; Redis lost its data and is being restored from the event log")
         run = orjson.loads(raw)
         if not outcome["created"]:  # our claim named a run that already existed: a repeat too
             check_repeat(request.idempotency_key, run, spec)

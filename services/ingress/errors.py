@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiokafka.errors import KafkaError
 
 from runledger.services.runtime.redis import OUTAGE_ERRORS
+from runledger.services.runtime.stores import RestoringFromLog
 
 REJECTIONS: dict[str, tuple[int, str]] = {
     # code: (HTTP status, GraphQL extensions.code)
@@ -29,9 +30,10 @@ def graphql_code(code: str) -> str:
     return REJECTIONS[code][1]
 
 
-# A dependency that is down or exhausted (Redis, the broker, a full connection pool) is answered
+# A dependency that is down or exhausted (Redis, the broker, a full connection pool, idempotency
+# keys still being restored after Redis lost them) is answered
 # 503 with Retry-After on REST and with the retryable code API_ERROR on GraphQL (the Prefect
 # client retries it), never a 500.
-OUTAGES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, KafkaError)
+OUTAGES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, KafkaError, RestoringFromLog)
 RETRY_AFTER_SECONDS = 1
 OUTAGE_GRAPHQL_CODE = "API_ERROR"

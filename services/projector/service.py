@@ -11,15 +11,19 @@ the ingress can answer a write only once the write is readable.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import orjson
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
+from runledger.domain.idempotency import restore_ttl, scoped_key
 from runledger.messages.codec import decode_event
 from runledger.readmodel.keys import Keys
 from runledger.readmodel.projection import Changes, Projection
+from runledger.services.projector.restore import KeyRestorer
 from runledger.services.runtime import redis as redis_clients
+from runledger.services.runtime.redis import OUTAGE_ERRORS
 from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.process import run_until_stopped
 from runledger.settings import Settings
@@ -111,6 +115,7 @@ class ProjectorService(ConsumerService):
     group = PROJECTOR
     max_records = 2000
     REALIGN_SECONDS = 0.5
+    RESTORE_CHECK_SECONDS = 0.5  # are the idempotency keys whole? (see restore.py)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -119,6 +124,8 @@ class ProjectorService(ConsumerService):
         self.redis = redis_clients.client(settings)
         self._apply_batch = self.redis.register_script(_APPLY_BATCH)
         self._last_realign = 0.0
+        self.restorer = KeyRestorer(self)
+        self._last_restore_check = 0.0
 
     def source(self):
         return self.topics.events
@@ -127,7 +134,7 @@ class ProjectorService(ConsumerService):
         await self.redis.aclose()
 
     def details(self) -> dict:
-        return {"applied": self.handled}
+        return {"applied": self.handled, "restoring_idempotency_keys": self.restorer.restoring}
 
     async def handle(self, batch: dict) -> None:
         for tp, records in batch.items():
@@ -136,6 +143,14 @@ class ProjectorService(ConsumerService):
         if not batch and loop.time() - self._last_realign > self.REALIGN_SECONDS:
             await self.realign()
             self._last_realign = loop.time()
+        if loop.time() - self._last_restore_check > self.RESTORE_CHECK_SECONDS:
+            self._last_restore_check = loop.time()
+            try:
+                await self.restorer.check()
+            except OUTAGE_ERRORS:
+                raise  # Redis is down: the consumer base pauses and retries
+            except Exception as exc:  # the broker did not answer a question: ask again next time
+                self.log.warning("idempotency-key restore check failed; retrying", error=repr(exc)[:300])
 
     async def on_assigned(self, partitions: list[int]) -> None:
         await self.seek_to_checkpoints([TopicPartition(self.topics.events.name, p) for p in partitions])
@@ -189,6 +204,7 @@ class ProjectorService(ConsumerService):
                 return
             docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(keys, loaded)}
             changes = await self._project(fresh, docs)
+            await self._keep_idempotency_keys(fresh)  # before the checkpoint passes their runs
             end = fresh[-1][0].offset + 1
             script_keys, args = batch_arguments(
                 checkpoint_key, fence_key, checkpoint, end, self.keys.progress_channel, f"{partition}:{end}", changes
@@ -197,6 +213,25 @@ class ProjectorService(ConsumerService):
                 self.handled += len(fresh)
                 return
             # fenced, or the checkpoint moved under us: read again
+
+    async def _keep_idempotency_keys(self, fresh) -> None:
+        """Write each created run's idempotency key unless Redis has it (``SET NX``): a no-op while
+        Redis keeps its data, the restore after it lost it (see restore.py)."""
+        now = datetime.now(timezone.utc)
+        keep = []
+        for _, env in fresh:
+            if isinstance(env, Exception) or env.type != "FlowRunCreated" or env.payload.spec.idempotency_key is None:
+                continue
+            spec = env.payload.spec
+            ttl = restore_ttl(env.time, now, self.settings.idempotency_ttl_seconds, self.settings.idempotency_restore_grace_seconds)
+            if ttl is not None:
+                keep.append((self.keys.idempotency(scoped_key(spec.flow_id, spec.idempotency_key)), spec.flow_run_id, ttl))
+        if not keep:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, run_id, ttl in keep:
+                pipe.set(key, run_id, nx=True, ex=ttl or None)
+            await pipe.execute()
 
     def _decode(self, records) -> list:
         """``(record, envelope or the decoding error)`` for each record."""

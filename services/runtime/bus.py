@@ -35,7 +35,7 @@ class CommandTimeout(Exception):
 class ProjectionTracker:
     """Knows how far the projector has applied each events partition."""
 
-    POLL_SECONDS = 0.1  # fallback for a missed pub/sub message
+    POLL_SECONDS = 0.1  # the checkpoints are read this often (pub/sub is the fast path)
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, partitions: int) -> None:
         self.redis, self.keys, self.partitions = redis, keys, partitions
@@ -85,26 +85,40 @@ class ProjectionTracker:
         self._waiters[partition] = still
 
     async def _listen(self) -> None:
-        async for message in self.pubsub.listen():
-            if message.get("type") == "message":
-                partition, position = message["data"].split(b":")
-                self._advance(int(partition), int(position))
+        while True:
+            try:
+                if not self.pubsub.subscribed:
+                    await self.pubsub.subscribe(self.keys.progress_channel)
+                async for message in self.pubsub.listen():
+                    if message.get("type") == "message":
+                        partition, position = message["data"].split(b":")
+                        self._advance(int(partition), int(position))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis went away: polling covers the gap; subscribe again shortly
+                await asyncio.gather(self.pubsub.aclose(), return_exceptions=True)
+                self.pubsub = self.redis.pubsub()
+            await asyncio.sleep(0.5)  # never spin: listen() also ends when nothing is subscribed
 
     async def _poll_once(self) -> None:
+        """Read every checkpoint; it is the truth, even below what we knew: after Redis lost its
+        data the checkpoints start again from 0 while the projector replays, and a write must then
+        wait for the replay to pass it, not be answered from a position that no longer holds."""
         # one checkpoint key per partition, each in its partition's slot (a cluster splits the read)
         values = await redis_clients.mget(self.redis, [self.keys.checkpoint(p) for p in range(self.partitions)])
         for p, value in enumerate(values):
-            if value is not None:
-                self._advance(p, int(value))
+            position = int(value or 0)
+            if position < self.positions.get(p, 0):
+                self.positions[p] = position
+            self._advance(p, position)
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.POLL_SECONDS)
-            if any(self._waiters.values()):
-                try:
-                    await self._poll_once()
-                except Exception:  # Redis hiccup: the next poll retries
-                    pass
+            try:
+                await self._poll_once()
+            except Exception:  # Redis hiccup: the next poll retries
+                pass
 
 
 class CommandBus:

@@ -110,6 +110,19 @@ async def ensure_topics(settings: Settings) -> Topics:
         await admin.close()
 
 
+async def committed_offsets(settings: Settings, group_id: str, partitions: list) -> dict:
+    """``{TopicPartition: offset}`` a consumer group has committed for ``partitions`` (those
+    without a commit are left out). Asked as the group's coordinator client would, without joining
+    the group (no subscription)."""
+    reader = consumer(settings, group_id=group_id)
+    await reader.start()
+    try:
+        found = {tp: await reader.committed(tp) for tp in partitions}
+    finally:
+        await reader.stop()
+    return {tp: offset for tp, offset in found.items() if offset is not None and offset >= 0}
+
+
 class BrokerProbe:
     """Asks the broker for metadata every ``interval`` seconds; ``error`` says why it last did not
     answer (None while it does). Health endpoints report it, so a paused or unreachable broker

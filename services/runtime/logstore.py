@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-import redis.asyncio as aioredis
 
+from runledger.services.runtime import redis as redis_clients
 from runledger.messages.logs import LEVEL_CODE, micros
 
 MAX_US = 10**16 - 1
@@ -187,7 +187,7 @@ class Page:
 
 
 class LogStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str = "rl") -> None:
+    def __init__(self, redis: redis_clients.AsyncRedis, prefix: str = "rl") -> None:
         self.redis = redis
         self.base = f"{prefix}:logs"
         self._lines = redis.register_script(_WRITE_LINES)
@@ -245,7 +245,7 @@ class LogStore:
     async def checkpoints(self, topic: str, partitions: list[int]) -> dict[int, int]:
         if not partitions:
             return {}
-        values = await self.redis.mget([self.checkpoint_key(topic, p) for p in partitions])
+        values = await redis_clients.mget(self.redis, [self.checkpoint_key(topic, p) for p in partitions])  # any slots
         return {p: int(v) if v is not None else 0 for p, v in zip(partitions, values)}
 
     async def add_pending_end(self, run_id: str, version: int, due_ms: int) -> None:

@@ -3,6 +3,7 @@ query planner's index walks) and the idempotency-key store."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from runledger.domain.idempotency import ClaimResult, claim_value, interpret_claim, scoped_key
+from runledger.domain.idempotency import ClaimResult, claim_value, interpret_claim, key_group, scoped_key
 from runledger.readmodel.indexes import FLOW_RUN
 from runledger.readmodel.keys import Keys
 from runledger.readmodel import planner
@@ -20,8 +21,10 @@ from runledger.services.runtime.redis import AsyncRedis
 
 Doc = dict[str, Any]
 
-# Atomically: return the key's value and refresh its TTL to the full period, or claim it.
+# Atomically: refuse while the key's group is being restored (its sentinel is missing: Redis lost
+# its data), else return the key's value and refresh its TTL to the full period, or claim it.
 _CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'restoring'} end
 local old = redis.call('GET', KEYS[1])
 local ttl = tonumber(ARGV[2])
 if old then
@@ -50,16 +53,34 @@ return {flow, redis.call('GET', ARGV[1] .. group_id)}
 """
 
 
+class RestoringFromLog(Exception):
+    """Redis lost its data and the projector has not finished restoring the idempotency keys and
+    read models from the event log: come back shortly."""
+
+
 class IdempotencyStore:
     def __init__(self, redis: AsyncRedis, keys: Keys, ttl_seconds: int) -> None:
-        self.keys, self.ttl = keys, ttl_seconds
+        self.redis, self.keys, self.ttl = redis, keys, ttl_seconds
         self._claim = redis.register_script(_CLAIM)
         self._confirm = redis.register_script(_CONFIRM)
 
-    async def claim(self, flow_id: str, key: str, run_id: str) -> ClaimResult:
-        redis_key = self.keys.idempotency(scoped_key(flow_id, key))
-        previous = await self._claim(keys=[redis_key], args=[claim_value(run_id), self.ttl])
-        return interpret_claim(previous.decode() if previous is not None else None, run_id)
+    async def claim(self, flow_id: str, key: str, run_id: str, hold_seconds: float = 0.0) -> ClaimResult:
+        """Claim ``key`` for ``run_id`` (or learn which run it names). While Redis's keys are being
+        restored from the log, retry for up to ``hold_seconds``, then raise ``RestoringFromLog``."""
+        scoped = scoped_key(flow_id, key)
+        keys = [self.keys.idempotency(scoped), self.keys.idempotency_sentinel(key_group(scoped))]
+        deadline = asyncio.get_running_loop().time() + hold_seconds
+        while True:
+            previous = await self._claim(keys=keys, args=[claim_value(run_id), self.ttl])
+            if not isinstance(previous, list):
+                return interpret_claim(previous.decode() if previous is not None else None, run_id)
+            if asyncio.get_running_loop().time() >= deadline:
+                raise RestoringFromLog("idempotency keys are being restored from the event log after Redis lost them")
+            await asyncio.sleep(0.1)
+
+    async def restored(self) -> bool:
+        """Every key group's sentinel is present: no restore is under way."""
+        return all(v is not None for v in await redis_clients.mget(self.redis, self.keys.idempotency_sentinels))
 
     async def confirm(self, flow_id: str, key: str, run_id: str, pipe=None) -> None:
         """Confirm now, or queue the confirmation on ``pipe`` (sent with the read that follows it;

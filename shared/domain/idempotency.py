@@ -8,8 +8,10 @@ makes creating an existing run a no-op), so the key can only ever name a run tha
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -77,3 +79,26 @@ def check_repeat(idempotency_key: str, existing_run: Mapping[str, Any], spec: Fl
                 )
             ],
         )
+
+
+# -- restoring keys after Redis lost them --------------------------------------------------------
+# The log records each run's key and creation time, not the TTL refreshes of later repeats. After
+# Redis comes back empty, a key is restored (for a full TTL from the restore) when its run was
+# created within the TTL plus a grace period: a key refreshed by a repeat up to ``grace`` after its
+# creation survives, and we err on the side of keeping a key rather than making a second run.
+KEY_GROUPS = 16  # idempotency keys are spread over this many hash slots, each with a sentinel
+
+
+def key_group(scoped: str) -> int:
+    """The group (hash slot tag) of a scoped key: stable across processes and versions."""
+    return zlib.crc32(scoped.encode()) % KEY_GROUPS
+
+
+def restore_ttl(created: datetime, now: datetime, ttl_seconds: int, grace_seconds: int) -> int | None:
+    """Seconds a key of a run created at ``created`` is restored for: 0 = no expiry (keys never
+    expire), None = too old to restore."""
+    if ttl_seconds == 0:
+        return 0
+    if (now - created).total_seconds() > ttl_seconds + grace_seconds:
+        return None
+    return ttl_seconds

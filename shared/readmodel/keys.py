@@ -1,7 +1,8 @@
 """Every Redis key RunLedger uses, named in one place.
 
 ``{prefix}:rm:*`` are read models (rebuildable from the log); ``{prefix}:idem:*`` are
-idempotency keys (not derivable from the log: their TTL refreshes are not events).
+idempotency keys (their TTL refreshes are not events; after Redis loses them the projector restores
+them from the log, see ``runledger.domain.idempotency``).
 
 Redis Cluster: every read-model key carries the hash tag ``{p<N>}`` of the events partition its
 aggregate's events are on (``runledger.partitioning.partition_for`` of the aggregate id, as the
@@ -15,6 +16,7 @@ runs asks every partition and merges.
 
 from __future__ import annotations
 
+from runledger.domain.idempotency import KEY_GROUPS, key_group
 from runledger.partitioning import partition_for
 
 from runledger.topics import REGISTRY_AGGREGATE
@@ -104,6 +106,14 @@ class Keys:
     def progress_channel(self) -> str:
         return f"{self.prefix}:projection_progress"
 
-    # idempotency (one key per use: any slot)
+    # idempotency: one key per use, in one of KEY_GROUPS slots, each slot with the sentinel that
+    # says its keys are whole (present, or restored from the log after Redis lost them)
     def idempotency(self, scoped: str) -> str:
-        return f"{self.prefix}:idem:{scoped}"
+        return f"{self.prefix}:idem:{{i{key_group(scoped)}}}:{scoped}"
+
+    def idempotency_sentinel(self, group: int) -> str:
+        return f"{self.prefix}:idem:{{i{group}}}:restored"
+
+    @property
+    def idempotency_sentinels(self) -> list[str]:
+        return [self.idempotency_sentinel(g) for g in range(KEY_GROUPS)]

@@ -41,6 +41,12 @@ def _readiness(stack, name: str) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+    except (TimeoutError, urllib.error.URLError) as e:  # a busy machine: not an answer, ask again
+        return 0, {"error": f"{name}: {e!r}"}
+
+
+def _not_ready(stack) -> list:
+    return [r for n in ("ingress", "transitions", "projector") if (r := _readiness(stack, n))[0] != 200]
 
 
 def _eventually(predicate, timeout: float = 30.0, what: str = "condition"):
@@ -84,8 +90,7 @@ def test_a_paused_broker_is_ridden_out(own_stack):
             assert waited < COMMAND_TIMEOUT + 3, f"held {waited:.1f}s, past the command timeout"
         finally:
             broker.send_signal(signal.SIGCONT)
-        _eventually(lambda: all(_readiness(own_stack, n)[0] == 200 for n in ("ingress", "transitions", "projector")),
-                    what="everything ready again")
+        _eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
         _all_alive(own_stack)
         # The caller retries with its key: one run, whether or not the first attempt was applied.
         r = client.post("/flow_runs", json={"flow_id": flow_id, "idempotency_key": "during-pause"})
@@ -118,8 +123,7 @@ def test_a_stopped_redis_is_ridden_out(own_stack):
             log = open(own_stack.workdir / "redis.restarted.log", "ab")
             own_stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             wait_for_port(port)
-        _eventually(lambda: all(_readiness(own_stack, n)[0] == 200 for n in ("ingress", "transitions", "projector")),
-                    what="everything ready again")
+        _eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
         _all_alive(own_stack)
         # Redis came back empty (no persistence here): the read models are rebuilt from the log.
         _eventually(lambda: client.get(f"/flow_runs/{before.json()['id']}").status_code == 200, what="read model rebuilt")
