@@ -77,6 +77,20 @@ class Settings(BaseSettings):
     snapshot_every_events: int = Field(10_000, ge=1, description="Snapshot a partition after this many new events...")
     snapshot_every_seconds: float = Field(60.0, gt=0, description="...or this long after its last snapshot, if it has new events.")
 
+    # Scheduling (the scheduling service: agents, queue, concurrency slots, recovery, schedules)
+    scheduling_tick_seconds: float = Field(1.0, gt=0, description="How often recovery and schedules are evaluated.")
+    scheduling_agent_healthy_seconds: float = Field(60.0, gt=0, description="An agent seen within this is healthy.")
+    scheduling_late_seconds: float = Field(60.0, ge=0, description="A run this far past its start time is late.")
+    scheduling_claim_ttl_seconds: float = Field(30.0, gt=0, description="How long a granted slot waits for its event.")
+    scheduling_heartbeat_log_seconds: float = Field(600.0, ge=0, description="At most one heartbeat per run per this period goes to the event log; every heartbeat goes to Redis.")
+    scheduling_lazarus_seconds: float = Field(600.0, gt=0, description="Submitted/Running/Queued with no heartbeat and no event this long: back to Scheduled.")
+    scheduling_lazarus_attempts: int = Field(3, ge=0, description="Reschedules before the run is Failed.")
+    scheduling_zombie_seconds: float = Field(600.0, gt=0, description="A Running task run whose flow run is silent this long: Retrying or Failed.")
+    scheduling_cancelling_seconds: float = Field(600.0, gt=0, description="A Cancelling run silent this long: Cancelled.")
+    scheduling_recovery_enabled: bool = True
+    scheduling_horizon_runs: int = Field(10, ge=1, description="Runs a schedule creates ahead of time (Prefect Server: 10).")
+    scheduling_horizon_seconds: float = Field(0.0, ge=0, description="Also cap the schedule horizon in time (0 = no cap).")
+
     # Process
     api_host: str = "127.0.0.1"
     api_port: int = 4200

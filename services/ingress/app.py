@@ -14,6 +14,7 @@ from runledger.services.runtime.bus import CommandBus, CommandTimeout
 from runledger.services.ingress.rest import router
 from runledger.services.ingress.rest_logs import router as logs_router
 from runledger.services.runtime import redis as redis_clients
+from runledger.services.ingress.rest_scheduling import install as install_scheduling
 from runledger.services.runtime.stores import IdempotencyStore, ReadModels
 from runledger.domain.run_requests import RequestError
 from runledger.services.runtime.logs import configure
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(logs_router)
+    install_scheduling(app)
 
     from runledger.services.ingress.graphql import mount_graphql
     from runledger.services.ingress.graphql.limits import DocumentLimits

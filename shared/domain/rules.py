@@ -60,7 +60,16 @@ def task_runs_do_not_run_in_finished_flow_runs(t: Transition) -> str | None:
     return None
 
 
+def runs_are_submitted_once(t: Transition) -> str | None:
+    # Prefect Server refuses a second Submitted ("this run has already been submitted"): two agents
+    # that both saw the run Scheduled must not both deploy it, whatever version they send.
+    if t.current is S.SUBMITTED and t.proposed is S.SUBMITTED:
+        return f"this {t.subject} has already been submitted"
+    return None
+
+
 FLOW_RUN_RULES: tuple[Rule, ...] = (
+    runs_are_submitted_once,
     cancelled_runs_move_only_by_restart,
     finished_runs_restart_only_through_scheduled,
     cancelling_only_from_running,

@@ -26,7 +26,7 @@ async def _load(stack, run_ids, kill_after: int, victim: str):
 
         async def one(n: int):
             run_id = run_ids[n % len(run_ids)]
-            state = "Running" if n % 2 else "Submitted"
+            state = "Running" if n % 2 else "Pending"  # (a second Submitted in a row is refused)
             async with sem:
                 r = await client.post(f"/flow_runs/{run_id}/state", json={"state": {"type": state, "message": f"req-{n}"}})
             results.append((run_id, f"req-{n}", r))

@@ -22,6 +22,8 @@ def violated(subject: str, current: str, proposed: str, flow_state: str) -> set[
     out = set()
     if subject == "task run" and proposed in RUNNING and flow_state in FINISHED:
         out.add("task_runs_do_not_run_in_finished_flow_runs")
+    if current == "Submitted" and proposed == "Submitted":
+        out.add("runs_are_submitted_once")
     if current == "Cancelled" and proposed not in SCHEDULED:
         out.add("cancelled_runs_move_only_by_restart")
     if current in FINISHED and proposed not in FINISHED | SCHEDULED:

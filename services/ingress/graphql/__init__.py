@@ -22,10 +22,11 @@ from fastapi import FastAPI
 
 from runledger.services.ingress.graphql import flow_runs, flows, logs, projects, task_runs, transport
 from runledger.services.ingress.graphql import registration, tenants  # the Prefect 1.x client's extras
+from runledger.services.ingress.graphql import agents, concurrency_limits, schedules  # scheduling
 from runledger.services.ingress.graphql.coercion import json_scalar
 from runledger.services.ingress.graphql.limits import DocumentLimits
 
-RESOURCES = (projects, flows, flow_runs, task_runs, logs, tenants, registration)
+RESOURCES = (projects, flows, flow_runs, task_runs, logs, tenants, registration, agents, concurrency_limits, schedules)
 
 base_query = QueryType()
 

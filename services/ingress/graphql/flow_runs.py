@@ -86,7 +86,7 @@ async def _set_flow_run_state(info, item: dict) -> dict:
     item = snake(item)
     request = api.SetStateRequest(state=state_input(item["state"]), version=item.get("version"))
     outcome = await app_of(info).set_flow_run_state(item["flow_run_id"], request, ("input", "flow_run_id"))
-    return {"id": outcome["flow_run_id"], "version": outcome["version"], "state": outcome["state"], "status": "SUCCESS"}
+    return {"id": outcome["flow_run_id"], "version": outcome["version"], "state": outcome["state"], "status": outcome.get("status", "SUCCESS")}
 
 
 @mutation.field("set_flow_run_state")

@@ -61,7 +61,7 @@ async def resolve_states(run, info, where=None, order_by=None):
 async def _set_task_run_state(info, item: dict) -> dict:
     request = api.SetStateRequest(state=state_input(item["state"]), version=item.get("version"))
     outcome = await app_of(info).set_task_run_state(item["task_run_id"], request, ("input", "task_run_id"))
-    return {"id": outcome["task_run_id"], "version": outcome["version"], "state": outcome["state"], "status": "SUCCESS"}
+    return {"id": outcome["task_run_id"], "version": outcome["version"], "state": outcome["state"], "status": outcome.get("status", "SUCCESS")}
 
 
 @mutation.field("set_task_run_state")

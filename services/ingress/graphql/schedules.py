@@ -1,0 +1,28 @@
+"""Flow schedules: ``set_schedule_active`` / ``set_schedule_inactive``."""
+
+from __future__ import annotations
+
+from ariadne import MutationType
+
+from runledger.services.ingress.graphql.errors import translate_errors
+
+mutation = MutationType()
+
+
+def scheduling_of(info):
+    return info.context["request"].app.state.scheduling
+
+
+@mutation.field("set_schedule_active")
+@translate_errors
+async def resolve_set_schedule_active(_, info, input):
+    return {"success": await scheduling_of(info).set_schedule_active(input["flow_id"], True)}
+
+
+@mutation.field("set_schedule_inactive")
+@translate_errors
+async def resolve_set_schedule_inactive(_, info, input):
+    return {"success": await scheduling_of(info).set_schedule_active(input["flow_id"], False)}
+
+
+bindables = [mutation]

@@ -1,0 +1,165 @@
+"""Scheduling on REST (``/api/v1``): agents, the queue, ``why``, late runs, concurrency limits,
+schedule switches and flow-group recovery settings; and ``install``, which wires scheduling into
+the ingress: this router, the agent-contact middleware (``X-PREFECT-AGENT-ID`` on any request
+updates that agent's last contact) and the scheduling gate in front of the command bus."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import ORJSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from runledger.services.scheduling.frontend import SchedulingFrontend
+from runledger.services.scheduling.gate import SchedulingGate, current_agent_id
+from runledger.services.scheduling.store import SchedulingStore
+
+router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
+AGENT_HEADER = b"x-prefect-agent-id"
+
+
+def scheduling_of(request: Request) -> SchedulingFrontend:
+    return request.app.state.scheduling
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterAgent(_Body):
+    type: str = Field("", max_length=200)
+    name: str | None = Field(None, max_length=500)
+    labels: list[str] = Field(default_factory=list, max_length=1000)
+    tenant_id: str | None = None
+    agent_config_id: str | None = None
+    core_version: str | None = None
+
+
+class QueuePoll(_Body):
+    before: str | None = None
+    labels: list[str] = Field(default_factory=list, max_length=1000)
+    tenant_id: str | None = None
+    limit: int = Field(25, ge=1, le=1000)
+
+
+class LimitBody(_Body):
+    limit: int = Field(ge=0)
+
+
+class GroupSettings(_Body):
+    lazarus_enabled: bool | None = None
+    heartbeat_enabled: bool | None = None
+
+
+@router.post("/agents", tags=["scheduling"])
+async def register_agent(body: RegisterAgent, request: Request) -> Any:
+    return await scheduling_of(request).register_agent(body.model_dump())
+
+
+@router.get("/agents", tags=["scheduling"])
+async def list_agents(request: Request) -> Any:
+    return await scheduling_of(request).agents()
+
+
+@router.post("/queue", tags=["scheduling"])
+async def runs_in_queue(body: QueuePoll, request: Request) -> Any:
+    ids = await scheduling_of(request).runs_in_queue(body.labels, body.before, None, body.limit)
+    return {"flow_run_ids": ids}
+
+
+@router.get("/flow_runs/{flow_run_id}/why", tags=["scheduling"])
+async def why(flow_run_id: str, request: Request) -> Any:
+    return await scheduling_of(request).why(flow_run_id)
+
+
+@router.get("/late_runs", tags=["scheduling"])
+async def late_runs(request: Request, threshold_seconds: float | None = Query(None, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Any:
+    return await scheduling_of(request).late_runs(threshold_seconds, limit)
+
+
+@router.get("/concurrency_limits/flow_runs", tags=["scheduling"])
+async def flow_limits(request: Request) -> Any:
+    return await scheduling_of(request).limits("label")
+
+
+@router.put("/concurrency_limits/flow_runs/{label}", tags=["scheduling"])
+async def set_flow_limit(label: str, body: LimitBody, request: Request) -> Any:
+    return await scheduling_of(request).set_limit("label", label, body.limit)
+
+
+@router.get("/concurrency_limits/task_runs", tags=["scheduling"])
+async def task_limits(request: Request) -> Any:
+    return await scheduling_of(request).limits("tag")
+
+
+@router.put("/concurrency_limits/task_runs/{tag}", tags=["scheduling"])
+async def set_task_limit(tag: str, body: LimitBody, request: Request) -> Any:
+    return await scheduling_of(request).set_limit("tag", tag, body.limit)
+
+
+@router.delete("/concurrency_limits/{limit_id}", tags=["scheduling"])
+async def delete_limit(limit_id: str, request: Request) -> Any:
+    if not await scheduling_of(request).delete_limit(limit_id):
+        return ORJSONResponse({"detail": f"no concurrency limit with id {limit_id}"}, status_code=404)
+    return {"success": True}
+
+
+@router.post("/flows/{flow_id}/schedule/{switch}", tags=["scheduling"])
+async def set_schedule(flow_id: str, switch: str, request: Request) -> Any:
+    if switch not in ("active", "inactive"):
+        return ORJSONResponse({"detail": "use /schedule/active or /schedule/inactive"}, status_code=404)
+    await scheduling_of(request).set_schedule_active(flow_id, switch == "active")
+    return {"success": True, "flow_id": flow_id, "schedule_active": switch == "active"}
+
+
+@router.patch("/flow_groups/{flow_group_id}/settings", tags=["scheduling"])
+async def set_group_settings(flow_group_id: str, body: GroupSettings, request: Request) -> Any:
+    return await scheduling_of(request).set_group_settings(flow_group_id, body.model_dump(exclude_none=True))
+
+
+class AgentContact:
+    """Pure ASGI: note the agent of ``X-PREFECT-AGENT-ID`` (last contact, and for the gate)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        agent_id = None
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == AGENT_HEADER:
+                    agent_id = value.decode("latin-1")[:200]
+                    break
+        if not agent_id:
+            return await self.app(scope, receive, send)
+        scheduling = getattr(scope["app"].state, "scheduling", None) if "app" in scope else None
+        if scheduling is not None:
+            try:
+                await scheduling.store.touch_agent(agent_id)
+            except Exception:  # last contact is best effort; never fail the request for it
+                pass
+        token = current_agent_id.set(agent_id)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            current_agent_id.reset(token)
+
+
+def install(app: FastAPI) -> None:
+    """Wire scheduling into the ingress app (called once by ``create_app``)."""
+    app.include_router(router)
+    app.add_middleware(AgentContact)
+    original = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI):
+        async with original(a) as state:
+            application = a.state.application
+            store = SchedulingStore(application.read.redis, application.settings.redis_prefix)
+            application.bus = SchedulingGate(application.bus, store, application.read, application.settings)
+            a.state.scheduling = SchedulingFrontend(application, store, application.settings)
+            yield state
+
+    app.router.lifespan_context = lifespan

@@ -1,0 +1,1 @@
+"""The scheduling service (agents, the queue, concurrency slots, recovery, schedules)."""

@@ -1,0 +1,3 @@
+from runledger.services.scheduling.service import main
+
+main()

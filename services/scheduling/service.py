@@ -1,0 +1,376 @@
+"""The scheduling service: follows the events topic, keeps per-run scheduling facts in memory
+(rebuilt from the log on every assignment: it never commits offsets), writes what the ingress
+needs to Redis (the due queue per label set, the slots held per label and tag; see ``store``),
+and runs the timers: recovery (Lazarus, zombie killer, stale Cancelling) and flow schedules.
+
+Every state change it decides goes to the single writer as a command carrying the version it
+was decided on, so a run that moved on since is never changed by a stale decision.
+
+Horizontal scale: instances share the consumer group ``runledger-scheduling``; each owns some
+events partitions and reaps only the runs in them; the instance owning the registry's partition
+creates scheduled runs (with deterministic run ids, so a takeover never duplicates one). Every
+instance follows the registry partition itself (flows, schedules, flow-group settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+from pydantic import ValidationError
+
+from runledger.domain.scheduling import (
+    FLOW_SLOT_STATES,
+    LAZARUS_STATES,
+    GroupSettings,
+    RecoveryPolicy,
+    RunFacts,
+    labelset_id,
+    recovery_for,
+)
+from runledger.domain.states import StateType, is_finished
+from runledger.messages import events as e
+from runledger.messages.codec import decode_event
+from runledger.messages.models import FlowDefinition
+from runledger.readmodel.keys import Keys
+from runledger.services.runtime import redis as redis_clients
+from runledger.services.runtime.bus import CommandBus
+from runledger.services.runtime.consumer import ConsumerService
+from runledger.services.runtime.kafka import consumer as kafka_consumer
+from runledger.services.runtime.process import run_until_stopped
+from runledger.services.scheduling.schedules import Scheduler
+from runledger.services.scheduling.store import SchedulingStore
+from runledger.settings import Settings
+from runledger.topics import REGISTRY_AGGREGATE, SCHEDULING
+
+S = StateType
+
+
+def registry_partition(partitions: int) -> int:
+    return DefaultPartitioner()(REGISTRY_AGGREGATE.encode(), list(range(partitions)), list(range(partitions)))
+
+
+def _ms(t: datetime | None) -> int | None:
+    return int(t.timestamp() * 1000) if t is not None else None
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+class PartitionState:
+    def __init__(self, end: int) -> None:
+        self.runs: dict[str, RunFacts] = {}
+        self.active: set[str] = set()  # runs recovery looks at
+        self.end_at_assign = end
+        self.position = 0
+
+    @property
+    def caught_up(self) -> bool:
+        return self.position >= self.end_at_assign
+
+
+class Registry:
+    """What every instance follows of the registry aggregate."""
+
+    def __init__(self) -> None:
+        self.flows: dict[str, FlowDefinition] = {}
+        self.archived: set[str] = set()
+        self.groups: dict[str, dict] = {}
+        self.seq = 0
+
+    def apply(self, payload) -> list[str]:
+        """Returns flow ids whose scheduled runs stop (archived, or schedule switched off)."""
+        stopped: list[str] = []
+        match payload:
+            case e.FlowRegistered(flow=flow, archived_flow_ids=archived):
+                self.flows[flow.id] = flow
+                self.archived.update(archived)
+                stopped += archived
+            case e.FlowGroupUpdated(flow_group_id=gid, changes=changes):
+                group = self.groups.setdefault(gid, {})
+                group.update(changes)
+                if changes.get("schedule_active") is False:
+                    stopped += [f.id for f in self.flows.values() if f.version_group_id == gid]
+        return stopped
+
+    def settings_of(self, group_id: str) -> GroupSettings:
+        s = (self.groups.get(group_id) or {}).get("settings") or {}
+        return GroupSettings(lazarus_enabled=s.get("lazarus_enabled", True) is not False, heartbeat_enabled=s.get("heartbeat_enabled", True) is not False)
+
+    def schedule_active(self, flow_id: str) -> bool:
+        flow = self.flows.get(flow_id)
+        if flow is None or flow_id in self.archived or not flow.schedule:
+            return False
+        return (self.groups.get(flow.version_group_id) or {}).get("schedule_active", True) is not False
+
+
+class SchedulingService(ConsumerService):
+    group = SCHEDULING
+    max_records = 5000
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.parts: dict[int, PartitionState] = {}
+        self.registry = Registry()
+        self.registry_position = 0
+        self.registry_end = 0
+        self.lock = asyncio.Lock()
+        self.policy = RecoveryPolicy(
+            lazarus_after=timedelta(seconds=settings.scheduling_lazarus_seconds),
+            zombie_after=timedelta(seconds=settings.scheduling_zombie_seconds),
+            cancelling_after=timedelta(seconds=settings.scheduling_cancelling_seconds),
+            max_lazarus_attempts=settings.scheduling_lazarus_attempts,
+        )
+        self.decided: dict[tuple[str, str, int], float] = {}  # (run, kind, version) -> when sent
+        self.recovered: dict[str, int] = {}
+        self.stopped_flows: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+
+    def source(self):
+        return self.topics.events
+
+    @property
+    def ready(self) -> bool:
+        return (
+            super().ready
+            and all(p.caught_up for p in self.parts.values())
+            and self.registry_position >= self.registry_end
+        )
+
+    def details(self) -> dict:
+        return {
+            "partitions": sorted(self.parts),
+            "runs": sum(len(p.runs) for p in self.parts.values()),
+            "recovered": self.recovered,
+            "scheduled_created": self.scheduler.created if hasattr(self, "scheduler") else 0,
+        }
+
+    async def start_resources(self) -> None:
+        self.redis = redis_clients.client(self.settings, max_connections=64)
+        self.store = SchedulingStore(self.redis, self.settings.redis_prefix)
+        self.bus = CommandBus(self.settings, self.redis, Keys(self.settings.redis_prefix))
+        await self.bus.start()
+        self.scheduler = Scheduler(self.settings, self.bus, self.registry, self.log)
+        self.registry_tp = TopicPartition(self.topics.events.name, registry_partition(self.topics.events.partitions))
+        self.registry_reader = kafka_consumer(self.settings)
+        await self.registry_reader.start()
+        self.registry_reader.assign([self.registry_tp])
+        await self.registry_reader.seek_to_beginning(self.registry_tp)
+        self.registry_end = (await self.registry_reader.end_offsets([self.registry_tp]))[self.registry_tp]
+        self._tasks = [asyncio.create_task(self._follow_registry()), asyncio.create_task(self._timers())]
+
+    async def stop_resources(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.registry_reader.stop()
+        await self.bus.stop()
+        await self.redis.aclose()
+
+    # -- ownership ------------------------------------------------------------------------------
+    async def on_assigned(self, partitions: list[int]) -> None:
+        async with self.lock:
+            tps = [TopicPartition(self.topics.events.name, p) for p in partitions]
+            ends = await self.consumer.end_offsets(tps) if tps else {}
+            for tp in tps:
+                if tp.partition not in self.parts:  # new to us: rebuild its facts from the start
+                    self.parts[tp.partition] = PartitionState(ends[tp])
+                    self.consumer.seek(tp, 0)
+            for p in list(self.parts):
+                if p not in partitions:
+                    del self.parts[p]
+            self.log.info("assigned", partitions=partitions)
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        async with self.lock:  # let a batch or a recovery pass finish before ownership moves
+            for p in partitions:
+                self.parts.pop(p, None)
+
+    # -- events -> facts -> Redis ------------------------------------------------------------------
+    async def handle(self, batch: dict) -> None:
+        if not batch:
+            return
+        async with self.lock:
+            touched: dict[str, tuple[PartitionState, RunFacts]] = {}
+            for tp, records in batch.items():
+                part = self.parts.get(tp.partition)
+                if part is None:
+                    continue
+                for record in records:
+                    if record.offset < part.position:
+                        continue
+                    part.position = record.offset + 1
+                    if record.key == REGISTRY_AGGREGATE.encode():
+                        continue  # followed separately (every instance needs it)
+                    try:
+                        env = decode_event(record.value)
+                    except (ValidationError, ValueError) as exc:
+                        await self.dead_letter(record, "decode", exc)
+                        continue
+                    run = part.runs.get(env.aggregate_id)
+                    if run is None:
+                        run = part.runs[env.aggregate_id] = RunFacts(env.aggregate_id)
+                    run.apply(env.payload, env.time)
+                    touched[run.id] = (part, run)
+            if touched:
+                await self._write(touched.values())
+            self.handled += sum(len(r) for r in batch.values())
+
+    async def _write(self, runs) -> None:
+        k = self.store.k
+        emptied: set[str] = set()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for part, run in runs:
+                if run.state in LAZARUS_STATES or run.state is S.CANCELLING:
+                    part.active.add(run.id)
+                else:
+                    part.active.discard(run.id)
+                due = run.due_at
+                lsid = labelset_id(run.labels)
+                doc = {
+                    "id": run.id,
+                    "flow_id": run.flow_id,
+                    "flow_group_id": run.flow_group_id,
+                    "labels": list(run.labels),
+                    "state": run.state.value,
+                    "version": run.version,
+                    "state_message": run.state_message,
+                    "state_start_time": _iso(run.state_start_time),
+                    "scheduled_start_time": _iso(run.scheduled_start_time),
+                    "due_ms": _ms(due),
+                    "last_event": _iso(run.last_event),
+                    "lazarus_attempts": run.lazarus_attempts,
+                }
+                pipe.set(k.run(run.id), orjson.dumps(doc))
+                if due is not None:
+                    pipe.hset(k.labelsets, lsid, orjson.dumps(list(run.labels)))
+                    pipe.zadd(k.due(lsid), {run.id: _ms(due)})
+                else:
+                    pipe.zrem(k.due(lsid), run.id)
+                    emptied.add(lsid)
+                holds = run.state in FLOW_SLOT_STATES
+                for label in run.labels:
+                    if holds:
+                        pipe.sadd(k.occ("label", label), run.id)
+                        pipe.zrem(k.resv("label", label), run.id)
+                    else:
+                        pipe.srem(k.occ("label", label), run.id)
+                slots = run.task_slots()
+                for task in run.task_runs.values():
+                    for tag in task.tags:
+                        if task.id in slots:
+                            pipe.sadd(k.occ("tag", tag), task.id)
+                            pipe.zrem(k.resv("tag", tag), task.id)
+                        else:
+                            pipe.srem(k.occ("tag", tag), task.id)
+                if is_finished(run.state):
+                    pipe.hdel(k.heartbeats, run.id)
+                    pipe.hdel(k.heartbeats_logged, run.id)
+            await pipe.execute()
+        for lsid in emptied:
+            await self.store.drop_empty(keys=[k.labelsets, k.due(lsid)], args=[lsid])
+
+    # -- the registry ----------------------------------------------------------------------------------
+    async def _follow_registry(self) -> None:
+        while True:
+            batch = await self.registry_reader.getmany(self.registry_tp, timeout_ms=500, max_records=2000)
+            for record in batch.get(self.registry_tp, []):
+                self.registry_position = record.offset + 1
+                if record.key != REGISTRY_AGGREGATE.encode():
+                    continue
+                try:
+                    env = decode_event(record.value)
+                except (ValidationError, ValueError):
+                    continue  # the group consumer of that partition sets it aside
+                if env.seq <= self.registry.seq:
+                    continue
+                self.registry.seq = env.seq
+                self.stopped_flows.update(self.registry.apply(env.payload))
+
+    # -- timers ------------------------------------------------------------------------------------------
+    async def _timers(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.scheduling_tick_seconds)
+            if not self.ready:
+                continue
+            try:
+                if self.settings.scheduling_recovery_enabled:
+                    await self.recover()
+                await self.stop_schedules()
+                if self.registry_tp.partition in self.parts:
+                    await self.scheduler.tick(datetime.now(timezone.utc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a timer pass never kills the service; the next one retries
+                self.log.warning("timer pass failed", error=repr(exc)[:300])
+
+    async def recover(self) -> None:
+        now = datetime.now(timezone.utc)
+        clock = asyncio.get_running_loop().time()
+        async with self.lock:
+            candidates = [(run) for part in self.parts.values() for run in (part.runs[r] for r in part.active)]
+            if not candidates:
+                return
+            beats = await self.store.heartbeats([r.id for r in candidates])
+            decisions = []
+            for run in candidates:
+                beat = beats.get(run.id)
+                heartbeat = datetime.fromtimestamp(beat / 1000, timezone.utc) if beat else None
+                flow = self.registry.flows.get(run.flow_id)
+                tasks = flow.tasks if flow else []
+                for decision in recovery_for(
+                    run,
+                    heartbeat,
+                    now,
+                    self.policy,
+                    self.registry.settings_of(run.flow_group_id),
+                    {t.id: t.max_retries for t in tasks},
+                    {t.id: t.retry_delay_seconds for t in tasks},
+                ):
+                    version = getattr(decision.command, "version", None) or 0
+                    key = (decision.run_id + "/" + getattr(decision.command, "task_run_id", ""), decision.kind, version)
+                    if clock - self.decided.get(key, -1e9) < 10:
+                        continue  # sent recently; wait for its event (or its refusal) first
+                    self.decided[key] = clock
+                    decisions.append(decision)
+        if len(self.decided) > 100_000:
+            self.decided.clear()
+        results = await asyncio.gather(*(self.bus.send(d.run_id, d.command) for d in decisions), return_exceptions=True)
+        for decision, result in zip(decisions, results):
+            if isinstance(result, Exception):
+                self.log.warning("recovery command failed", run=decision.run_id, kind=decision.kind, error=repr(result)[:200])
+            elif result.ok:
+                self.recovered[decision.kind] = self.recovered.get(decision.kind, 0) + 1
+                self.log.info("recovered", run=decision.run_id, kind=decision.kind)
+            else:
+                self.log.info("recovery refused (the run moved on)", run=decision.run_id, kind=decision.kind, code=result.rejection.code)
+
+    async def stop_schedules(self) -> None:
+        """Runs a schedule made ahead of time go when their flow version is archived or its
+        schedule is switched off: each instance cancels those in its own partitions (with the
+        version it saw, so a run an agent just claimed is left alone)."""
+        if not self.stopped_flows:
+            return
+        flows, self.stopped_flows = self.stopped_flows, set()
+        now = datetime.now(timezone.utc)
+        from runledger.domain.states import State
+        from runledger.messages import commands as c
+
+        async with self.lock:
+            victims = [
+                run
+                for part in self.parts.values()
+                for run in part.runs.values()
+                if run.flow_id in flows and run.auto_scheduled and run.state is S.SCHEDULED
+                and (run.state_start_time or run.scheduled_start_time or now) > now
+            ]
+        state = State(type=S.CANCELLED, message="Removed: its flow's schedule stopped (archived or set inactive).")
+        await asyncio.gather(*(self.bus.send(r.id, c.SetFlowRunState(state=state, version=r.version)) for r in victims), return_exceptions=True)
+
+
+def main() -> None:
+    run_until_stopped(SchedulingService(Settings()))

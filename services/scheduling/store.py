@@ -1,0 +1,324 @@
+"""The scheduling state in Redis: what the scheduling service derives from the event log (the due
+queue per label set, the slots held per label and tag, a small document per run) and what is not
+in the log (registered agents and when each was last seen, concurrency limits, heartbeats,
+short-lived slot reservations). The ingress reads and updates it through ``SchedulingStore``.
+
+Every key shares the hash tag ``{sched}`` (one Redis Cluster slot), so the Lua scripts that
+count and reserve slots across several labels are atomic.
+
+Derived keys (rebuildable: the service rewrites them from the log on every start):
+  run:<id>            JSON: labels, state, version, due time, ... (for ``why`` and the gate)
+  labelsets           hash label-set id -> JSON list of labels
+  due:<label-set id>  zset run id -> due time (ms); only runs the queue can offer
+  occ:label:<label>   set of flow-run ids holding a slot (Submitted, Running, Cancelling)
+  occ:tag:<tag>       set of task-run ids holding a slot (Running, Cancelling)
+Not derivable (configuration and liveness):
+  limits:label / limits:tag  hash name -> JSON {id, name, limit, updated}
+  limit_ids           hash limit id -> "label|tag" \x1f name
+  agents / agent_seen hash agent id -> JSON / last contact (ms)
+  hb / hb_logged      hash run id -> last heartbeat (ms) / last heartbeat written to the log (ms)
+  resv:label:<l> / resv:tag:<t>  zset run id -> expiry (ms): a slot granted to a claim whose event
+                      the service has not applied yet
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from runledger.domain.scheduling import QUEUE_PAGE, labels_match, labelset_id
+
+LIMIT_NAMESPACE = uuid.UUID("a3c4e0b2-6f0b-4c11-8f53-0c6b1d2e9f70")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SchedKeys:
+    def __init__(self, prefix: str = "rl") -> None:
+        self.base = f"{prefix}:{{sched}}"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.base}:run:{run_id}"
+
+    @property
+    def labelsets(self) -> str:
+        return f"{self.base}:labelsets"
+
+    def due(self, lsid: str) -> str:
+        return f"{self.base}:due:{lsid}"
+
+    def occ(self, kind: str, name: str) -> str:
+        return f"{self.base}:occ:{kind}:{name}"
+
+    def resv(self, kind: str, name: str) -> str:
+        return f"{self.base}:resv:{kind}:{name}"
+
+    def limits(self, kind: str) -> str:
+        return f"{self.base}:limits:{kind}"
+
+    @property
+    def limit_ids(self) -> str:
+        return f"{self.base}:limit_ids"
+
+    @property
+    def agents(self) -> str:
+        return f"{self.base}:agents"
+
+    @property
+    def agent_seen(self) -> str:
+        return f"{self.base}:agent_seen"
+
+    @property
+    def heartbeats(self) -> str:
+        return f"{self.base}:hb"
+
+    @property
+    def heartbeats_logged(self) -> str:
+        return f"{self.base}:hb_logged"
+
+    @property
+    def derived_pattern(self) -> str:
+        return f"{self.base}:*"
+
+
+# Grant a slot on every (occ, resv, limit) triple, or name the first that is full.
+# KEYS: occ1, resv1, occ2, resv2, ...; ARGV: member, now, expiry, limit1, limit2, ...
+_GRANT = """
+local member, now, expiry = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = #KEYS / 2
+for i = 1, n do
+  local occ, resv, limit = KEYS[2*i-1], KEYS[2*i], tonumber(ARGV[3+i])
+  if redis.call('SISMEMBER', occ, member) == 0 then
+    redis.call('ZREMRANGEBYSCORE', resv, '-inf', now)
+    local used = redis.call('SCARD', occ)
+    local mine = false
+    for _, m in ipairs(redis.call('ZRANGE', resv, 0, -1)) do
+      if m == member then mine = true elseif redis.call('SISMEMBER', occ, m) == 0 then used = used + 1 end
+    end
+    if (not mine) and used >= limit then return {i, used, limit} end
+  end
+end
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[2*i-1], member) == 0 then redis.call('ZADD', KEYS[2*i], expiry, member) end
+end
+return {0, 0, 0}
+"""
+# Release our reservation (only if it is still ours: same expiry).
+_RELEASE = """
+for i = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], ARGV[1]) == ARGV[2] then redis.call('ZREM', KEYS[i], ARGV[1]) end
+end
+return 1
+"""
+# Touch an agent only if it is registered.
+_TOUCH = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1 end
+return 0
+"""
+# Record a heartbeat; answer 1 when the log should get one too (none logged for ARGV[3] ms).
+_HEARTBEAT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local logged = redis.call('HGET', KEYS[2], ARGV[1])
+if (not logged) or tonumber(ARGV[2]) - tonumber(logged) >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# Drop a label set whose due list became empty (atomic with any add, which is a MULTI).
+_DROP_EMPTY = """
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Denied:
+    kind: str  # "label" | "tag"
+    name: str
+    used: int
+    limit: int
+
+
+class SchedulingStore:
+    def __init__(self, redis: aioredis.Redis, prefix: str = "rl") -> None:
+        self.redis = redis
+        self.k = SchedKeys(prefix)
+        self._grant = redis.register_script(_GRANT)
+        self._release = redis.register_script(_RELEASE)
+        self._touch = redis.register_script(_TOUCH)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self.drop_empty = redis.register_script(_DROP_EMPTY)
+
+    # -- agents --------------------------------------------------------------------------------
+    async def register_agent(self, agent: dict[str, Any]) -> None:
+        now = now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(self.k.agents, agent["id"], orjson.dumps(agent))
+            pipe.hset(self.k.agent_seen, agent["id"], now)
+            await pipe.execute()
+
+    async def touch_agent(self, agent_id: str) -> bool:
+        return bool(await self._touch(keys=[self.k.agents, self.k.agent_seen], args=[agent_id, now_ms()]))
+
+    async def agents(self) -> list[dict[str, Any]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.k.agents)
+            pipe.hgetall(self.k.agent_seen)
+            agents, seen = await pipe.execute()
+        out = []
+        for agent_id, raw in agents.items():
+            doc = orjson.loads(raw)
+            last = seen.get(agent_id)
+            doc["last_queried_ms"] = int(last) if last is not None else None
+            out.append(doc)
+        return sorted(out, key=lambda a: (a.get("created") or "", a["id"]))
+
+    # -- limits --------------------------------------------------------------------------------
+    async def set_limit(self, kind: str, name: str, limit: int) -> dict[str, Any]:
+        limit_id = str(uuid.uuid5(LIMIT_NAMESPACE, f"{kind}\x1f{name}"))
+        doc = {"id": limit_id, "name": name, "limit": limit, "kind": kind, "updated_ms": now_ms()}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.k.limits(kind), name, orjson.dumps(doc))
+            pipe.hset(self.k.limit_ids, limit_id, f"{kind}\x1f{name}")
+            await pipe.execute()
+        return doc
+
+    async def delete_limit(self, limit_id: str) -> dict[str, Any] | None:
+        ref = await self.redis.hget(self.k.limit_ids, limit_id)
+        if ref is None:
+            return None
+        kind, name = ref.decode().split("\x1f", 1)
+        raw = await self.redis.hget(self.k.limits(kind), name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.k.limits(kind), name)
+            pipe.hdel(self.k.limit_ids, limit_id)
+            await pipe.execute()
+        return orjson.loads(raw) if raw else {"id": limit_id, "name": name, "kind": kind}
+
+    async def limits(self, kind: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.k.limits(kind))
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def usage(self, kind: str, names: list[str]) -> dict[str, int]:
+        """Slots in use per name: holders plus live reservations of runs not yet holding."""
+        if not names:
+            return {}
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.smembers(self.k.occ(kind, name))
+                pipe.zrangebyscore(self.k.resv(kind, name), now, "+inf")
+            results = await pipe.execute()
+        out = {}
+        for i, name in enumerate(names):
+            holders, reserved = results[2 * i], results[2 * i + 1]
+            out[name] = len(holders | set(reserved))
+        return out
+
+    async def holders(self, kind: str, name: str) -> list[str]:
+        return sorted(m.decode() for m in await self.redis.smembers(self.k.occ(kind, name)))
+
+    async def grant(self, kind: str, names_limits: list[tuple[str, int]], member: str, ttl_ms: int) -> tuple[Denied | None, int]:
+        """Reserve a slot under every limited name for ``member``; returns (denial, expiry)."""
+        if not names_limits:
+            return None, 0
+        now = now_ms()
+        expiry = now + ttl_ms
+        keys = []
+        for name, _ in names_limits:
+            keys += [self.k.occ(kind, name), self.k.resv(kind, name)]
+        result = await self._grant(keys=keys, args=[member, now, expiry, *(limit for _, limit in names_limits)])
+        index, used, limit = (int(x) for x in result)
+        if index == 0:
+            return None, expiry
+        return Denied(kind, names_limits[index - 1][0], used, limit), expiry
+
+    async def release(self, kind: str, names: list[str], member: str, expiry: int) -> None:
+        if names and expiry:
+            await self._release(keys=[self.k.resv(kind, n) for n in names], args=[member, expiry])
+
+    # -- heartbeats ------------------------------------------------------------------------------
+    async def heartbeat(self, subject_id: str, log_every_ms: int) -> bool:
+        """Record a heartbeat; True when one should also go to the log (coarsened)."""
+        return bool(
+            await self._heartbeat(keys=[self.k.heartbeats, self.k.heartbeats_logged], args=[subject_id, now_ms(), log_every_ms])
+        )
+
+    async def beat(self, run_id: str) -> None:
+        await self.redis.hset(self.k.heartbeats, run_id, now_ms())
+
+    async def heartbeats(self, run_ids: list[str]) -> dict[str, int]:
+        if not run_ids:
+            return {}
+        values = await self.redis.hmget(self.k.heartbeats, run_ids)
+        return {r: int(v) for r, v in zip(run_ids, values) if v is not None}
+
+    # -- the queue ---------------------------------------------------------------------------------
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.k.run(run_id))
+        return orjson.loads(raw) if raw else None
+
+    async def runs(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        if not run_ids:
+            return []
+        return [orjson.loads(v) for v in await self.redis.mget([self.k.run(r) for r in run_ids]) if v]
+
+    async def labelsets(self) -> dict[str, list[str]]:
+        raw = await self.redis.hgetall(self.k.labelsets)
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def runs_in_queue(self, agent_labels: list[str], before_ms: int, limit: int = QUEUE_PAGE) -> list[str]:
+        """Due runs an agent with ``agent_labels`` may take, oldest due first, skipping runs whose
+        limited labels have no free slot (and offering no more than the free slots)."""
+        sets = {lsid: labels for lsid, labels in (await self.labelsets()).items() if labels_match(labels, agent_labels)}
+        if not sets:
+            return []
+        label_limits = await self.limits("label")
+        fetch = limit * 3 if label_limits else limit
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lsid in sets:
+                pipe.zrangebyscore(self.k.due(lsid), "-inf", before_ms, start=0, num=fetch, withscores=True)
+            results = await pipe.execute()
+        candidates = sorted(
+            ((score, member.decode(), lsid) for lsid, rows in zip(sets, results) for member, score in rows),
+        )
+        limited = sorted({label for _, _, lsid in candidates for label in sets[lsid] if label in label_limits})
+        free = {}
+        if limited:
+            used = await self.usage("label", limited)
+            free = {label: label_limits[label]["limit"] - used[label] for label in limited}
+        out, seen = [], set()
+        for _, run_id, lsid in candidates:
+            if run_id in seen:
+                continue
+            blocked = [label for label in sets[lsid] if label in free and free[label] <= 0]
+            if blocked:
+                continue
+            for label in sets[lsid]:
+                if label in free:
+                    free[label] -= 1
+            seen.add(run_id)
+            out.append(run_id)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def late_runs(self, cutoff_ms: int, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+        sets = await self.labelsets()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lsid in sets:
+                pipe.zcount(self.k.due(lsid), "-inf", cutoff_ms)
+                pipe.zrangebyscore(self.k.due(lsid), "-inf", cutoff_ms, start=0, num=limit, withscores=True)
+            results = await pipe.execute()
+        total = sum(results[0::2])
+        rows = sorted((score, member.decode()) for batch in results[1::2] for member, score in batch)[:limit]
+        docs = {d["id"]: d for d in await self.runs([r for _, r in rows])}
+        return [docs[r] for _, r in rows if r in docs], total
