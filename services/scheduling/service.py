@@ -80,6 +80,7 @@ class Registry:
         self.flows: dict[str, FlowDefinition] = {}
         self.archived: set[str] = set()
         self.groups: dict[str, dict] = {}
+        self.epochs: dict[str, int] = {}  # schedule re-activations per flow group
         self.seq = 0
 
     def apply(self, payload) -> list[str]:
@@ -92,6 +93,8 @@ class Registry:
                 stopped += archived
             case e.FlowGroupUpdated(flow_group_id=gid, changes=changes):
                 group = self.groups.setdefault(gid, {})
+                if changes.get("schedule_active") is True and group.get("schedule_active") is False:
+                    self.epochs[gid] = self.epochs.get(gid, 0) + 1
                 group.update(changes)
                 if changes.get("schedule_active") is False:
                     stopped += [f.id for f in self.flows.values() if f.version_group_id == gid]

@@ -60,11 +60,13 @@ def labelset_id(labels: Iterable[str]) -> str:
     return hashlib.sha1(joined.encode()).hexdigest()[:16]
 
 
-def scheduled_run_id(flow_id: str, start: datetime, clock_index: int = 0) -> str:
+def scheduled_run_id(flow_id: str, start: datetime, clock_index: int = 0, epoch: int = 0) -> str:
     """The run a schedule makes for one start time: the same flow, clock and instant always give
     the same run id, so creating it again (a restart, a redelivery, a second scheduler) is a
-    no-op in the writer; the key never expires because it is the run's identity."""
-    return str(uuid.uuid5(SCHEDULE_NAMESPACE, f"{flow_id}|{clock_index}|{start.timestamp():.6f}"))
+    no-op in the writer; the key never expires because it is the run's identity. ``epoch``
+    counts the schedule's re-activations (from the log), so runs removed by
+    ``set_schedule_inactive`` are made afresh when it is switched on again."""
+    return str(uuid.uuid5(SCHEDULE_NAMESPACE, f"{flow_id}|{clock_index}|{start.timestamp():.6f}|{epoch}"))
 
 
 def scheduled_idempotency_key(flow_id: str, start: datetime, clock_index: int = 0) -> str:

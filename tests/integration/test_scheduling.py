@@ -381,3 +381,55 @@ def test_cli_why_and_late_runs(http, project, sstack):
     assert f"no registered agent has labels ['{label}']" in out.output
     out = CliRunner().invoke(cli, ["late-runs", "--threshold", "1", "--url", sstack.api_url])
     assert out.exit_code == 0 and "late run(s)" in out.output, out.output
+
+
+# -- flow schedules -----------------------------------------------------------------------------------------
+def _runs_of(http, flow_id):
+    return http.get(f"/api/v1/flows/{flow_id}/flow_runs", params={"limit": 100}).json()["flow_runs"]
+
+
+def test_a_schedule_creates_the_next_runs_once_even_across_a_kill_9_and_stops_when_told(http, project, sstack):
+    from runledger.domain.scheduling import scheduled_run_id
+    from runledger.domain.scheduling_clocks import parse_datetime
+
+    name = u("scheduled")
+    schedule = {
+        "type": "Schedule", "__version__": "1.4.1", "filters": [], "or_filters": [], "not_filters": [], "adjustments": [],
+        "clocks": [{"type": "IntervalClock", "__version__": "1.4.1", "interval": 60_000_000,
+                    "start_date": {"dt": "2026-01-01T00:00:00", "tz": "UTC"}, "end_date": None,
+                    "parameter_defaults": {"who": "clock"}, "labels": ["sched-label"]}],
+    }
+    f = flow(http, project, name=name, schedule=schedule, parameters=[{"name": "who", "default": "flow"}])
+    runs = eventually(lambda: (rs := _runs_of(http, f["id"])) and len(rs) >= 10 and rs, timeout=30)
+    time.sleep(1.0)
+    runs = _runs_of(http, f["id"])
+    assert len(runs) == 10
+    for r in runs:
+        start = parse_datetime(r["scheduled_start_time"])
+        assert r["id"] == scheduled_run_id(f["id"], start, 0, 0) and start.second == 0
+        assert r["labels"] == ["sched-label"] and r["parameters"] == {"who": "clock"}
+        assert r["idempotency_key"].startswith("auto-scheduled:0:")
+    sstack.kill("scheduling")
+    sstack.start_service("scheduling")
+    sstack.wait_ready("scheduling")
+    time.sleep(1.5)
+    again = _runs_of(http, f["id"])
+    assert len({r["id"] for r in again}) == len(again) and len(again) <= 11  # at most the window slid by one
+    # Inactive: the future runs go (Cancelled, the log keeps them) and no new ones come.
+    q = "mutation($input: set_schedule_inactive_input!) { set_schedule_inactive(input: $input) { success } }"
+    assert gql(http, q, {"input": {"flow_id": f["id"]}})["data"]["set_schedule_inactive"]["success"]
+    eventually(lambda: all(r["state"]["type"] == "Cancelled" for r in _runs_of(http, f["id"])
+                           if parse_datetime(r["scheduled_start_time"]) > datetime.now(timezone.utc) + timedelta(seconds=5)), timeout=20)
+    count = len(_runs_of(http, f["id"]))
+    time.sleep(1.0)
+    assert len(_runs_of(http, f["id"])) == count
+    # Active again: a fresh set of runs (a new activation epoch).
+    q = "mutation($input: set_schedule_active_input!) { set_schedule_active(input: $input) { success } }"
+    assert gql(http, q, {"input": {"flow_id": f["id"]}})["data"]["set_schedule_active"]["success"]
+    eventually(lambda: sum(r["state"]["type"] == "Scheduled" for r in _runs_of(http, f["id"])) >= 10, timeout=30)
+    # A new version archives this one: its future runs go, the new version's schedule takes over.
+    v2 = flow(http, project, name=name, schedule=schedule, parameters=[{"name": "who", "default": "flow"}])
+    assert v2["version"] == 2
+    eventually(lambda: all(r["state"]["type"] == "Cancelled" for r in _runs_of(http, f["id"])
+                           if parse_datetime(r["scheduled_start_time"]) > datetime.now(timezone.utc) + timedelta(seconds=5)), timeout=20)
+    eventually(lambda: len(_runs_of(http, v2["id"])) >= 10, timeout=30)
