@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from runledger.services.scheduling.frontend import SchedulingFrontend
+from runledger.services.scheduling.frontend import SchedulingFrontend, SchedulingUnavailable
 from runledger.services.scheduling.gate import SchedulingGate, current_agent_id
 from runledger.services.scheduling.store import SchedulingStore
 
@@ -71,7 +71,10 @@ async def runs_in_queue(body: QueuePoll, request: Request) -> Any:
 
 @router.get("/flow_runs/{flow_run_id}/why", tags=["scheduling"])
 async def why(flow_run_id: str, request: Request) -> Any:
-    return await scheduling_of(request).why(flow_run_id)
+    try:
+        return await scheduling_of(request).why(flow_run_id)
+    except SchedulingUnavailable as exc:
+        return ORJSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/late_runs", tags=["scheduling"])

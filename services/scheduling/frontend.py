@@ -35,6 +35,10 @@ def _bad(loc: tuple, message: str, kind: str = "value_error") -> RequestError:
     return RequestError(422, [FieldError(loc, message, kind)])
 
 
+class SchedulingUnavailable(Exception):
+    pass
+
+
 class SchedulingFrontend:
     def __init__(self, application, store: SchedulingStore, settings) -> None:
         self.app, self.store, self.settings = application, store, settings
@@ -72,6 +76,9 @@ class SchedulingFrontend:
 
     async def why(self, run_id: str) -> dict[str, Any]:
         run = await self.app.get_flow_run(run_id)
+        if not await self.store.service_alive():
+            # Slot use and the queue are the scheduling service's: without it there is no diagnosis.
+            raise SchedulingUnavailable("no scheduling service is running; start it (runledger service scheduling) for a diagnosis")
         now = datetime.now(timezone.utc)
         agents = [
             {**a, "last_queried": datetime.fromtimestamp(a["last_queried_ms"] / 1000, timezone.utc) if a["last_queried_ms"] else None}

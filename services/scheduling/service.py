@@ -301,6 +301,7 @@ class SchedulingService(ConsumerService):
             if not self.ready:
                 continue
             try:
+                await self.store.mark_alive(self.settings.instance_id, int(max(10.0, 5 * self.settings.scheduling_tick_seconds) * 1000))
                 if self.settings.scheduling_recovery_enabled:
                     await self.recover()
                 await self.stop_schedules()

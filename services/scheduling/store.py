@@ -84,6 +84,10 @@ class SchedKeys:
         return f"{self.base}:hb_logged"
 
     @property
+    def alive(self) -> str:
+        return f"{self.base}:alive"
+
+    @property
     def derived_pattern(self) -> str:
         return f"{self.base}:*"
 
@@ -244,6 +248,13 @@ class SchedulingStore:
     async def release(self, kind: str, names: list[str], member: str, expiry: int) -> None:
         if names and expiry:
             await self._release(keys=[self.k.resv(kind, n) for n in names], args=[member, expiry])
+
+    # -- the service's own liveness ---------------------------------------------------------------
+    async def mark_alive(self, instance_id: str, ttl_ms: int) -> None:
+        await self.redis.set(self.k.alive, instance_id, px=ttl_ms)
+
+    async def service_alive(self) -> bool:
+        return bool(await self.redis.exists(self.k.alive))
 
     # -- heartbeats ------------------------------------------------------------------------------
     async def heartbeat(self, subject_id: str, log_every_ms: int) -> bool:

@@ -433,3 +433,37 @@ def test_a_schedule_creates_the_next_runs_once_even_across_a_kill_9_and_stops_wh
     eventually(lambda: all(r["state"]["type"] == "Cancelled" for r in _runs_of(http, f["id"])
                            if parse_datetime(r["scheduled_start_time"]) > datetime.now(timezone.utc) + timedelta(seconds=5)), timeout=20)
     eventually(lambda: len(_runs_of(http, v2["id"])) >= 10, timeout=30)
+
+
+# -- horizontal scale ------------------------------------------------------------------------------------------
+def _health(sstack, name):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{sstack.health_ports[name]}/healthz", timeout=2) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_two_instances_split_the_partitions_and_one_dying_under_load_loses_or_doubles_nothing(http, project, sstack):
+    sstack.start_service("scheduling-2", module="scheduling")
+    sstack.wait_ready("scheduling-2")
+    eventually(lambda: _health(sstack, "scheduling")["partitions"] and _health(sstack, "scheduling-2")["partitions"], timeout=30)
+    f = flow(http, project)
+    label = u("scale")
+    runs = [run(http, f, [label], datetime.now(timezone.utc) - timedelta(seconds=1)) for _ in range(24)]
+    # Every poll offers each due run at most once, whichever instance wrote it.
+    offered = eventually(lambda: (ids := poll(http, [label])) and len(ids) == 24 and ids)
+    assert len(set(offered)) == 24
+    for r in runs:  # claimed, and then the "agents" go silent: Lazarus must reschedule each once
+        assert set_state(http, r["id"], "Submitted", 1).status_code == 200
+    sstack.kill("scheduling")  # kill -9 one instance under that load
+    done = lambda: all(get(http, r["id"])["state"]["type"] == "Scheduled" for r in runs)
+    eventually(done, timeout=40)
+    for r in runs:
+        states = get(http, r["id"])["states"]
+        lazarus = [s for s in states if (s.get("message") or "").startswith("Rescheduled by a Lazarus process")]
+        assert len(lazarus) == 1 and lazarus[0]["version"] == 3, states
+    assert set(_health(sstack, "scheduling-2")["partitions"]) == set(range(sstack.partitions))
+    sstack.start_service("scheduling")
+    sstack.wait_ready("scheduling")
