@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     scheduling_tick_seconds: float = Field(1.0, gt=0, description="How often recovery and schedules are evaluated.")
     scheduling_agent_healthy_seconds: float = Field(60.0, gt=0, description="An agent seen within this is healthy.")
     scheduling_late_seconds: float = Field(60.0, ge=0, description="A run this far past its start time is late.")
+    scheduling_offer_lease_seconds: float = Field(5.0, ge=0, description="A run offered to one agent is skipped for other agents this long (0 = off; agents without X-PREFECT-AGENT-ID never lease).")
     scheduling_claim_ttl_seconds: float = Field(30.0, gt=0, description="How long a granted slot waits for its event.")
     scheduling_heartbeat_log_seconds: float = Field(600.0, ge=0, description="At most one heartbeat per run per this period goes to the event log; every heartbeat goes to Redis.")
     scheduling_lazarus_seconds: float = Field(600.0, gt=0, description="Submitted/Running/Queued with no heartbeat and no event this long: back to Scheduled.")

@@ -65,7 +65,7 @@ async def list_agents(request: Request) -> Any:
 
 @router.post("/queue", tags=["scheduling"])
 async def runs_in_queue(body: QueuePoll, request: Request) -> Any:
-    ids = await scheduling_of(request).runs_in_queue(body.labels, body.before, None, body.limit)
+    ids = await scheduling_of(request).runs_in_queue(body.labels, body.before, current_agent_id.get(), body.limit, touch=False)
     return {"flow_run_ids": ids}
 
 

@@ -68,11 +68,14 @@ class SchedulingFrontend:
         return out
 
     # -- the queue ----------------------------------------------------------------------------------
-    async def runs_in_queue(self, labels: list[str] | None, before: Any, agent_id: str | None = None, limit: int = QUEUE_PAGE) -> list[str]:
-        if agent_id:
+    async def runs_in_queue(
+        self, labels: list[str] | None, before: Any, agent_id: str | None = None, limit: int = QUEUE_PAGE, touch: bool = True
+    ) -> list[str]:
+        if agent_id and touch:
             await self.store.touch_agent(agent_id)
         cutoff = _utc(before, ("body", "before")) or datetime.now(timezone.utc)
-        return await self.store.runs_in_queue(sorted(set(labels or [])), int(cutoff.timestamp() * 1000), limit)
+        offer_ms = int(self.settings.scheduling_offer_lease_seconds * 1000)
+        return await self.store.runs_in_queue(sorted(set(labels or [])), int(cutoff.timestamp() * 1000), limit, agent_id, offer_ms)
 
     async def why(self, run_id: str) -> dict[str, Any]:
         run = await self.app.get_flow_run(run_id)

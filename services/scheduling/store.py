@@ -83,6 +83,9 @@ class SchedKeys:
     def heartbeats_logged(self) -> str:
         return f"{self.base}:hb_logged"
 
+    def offer(self, run_id: str) -> str:
+        return f"{self.base}:offer:{run_id}"
+
     @property
     def alive(self) -> str:
         return f"{self.base}:alive"
@@ -136,6 +139,20 @@ if (not logged) or tonumber(ARGV[2]) - tonumber(logged) >= tonumber(ARGV[3]) the
 end
 return 0
 """
+# Offer leases: keep the runs no other agent was offered within the lease (KEYS: offer keys).
+_OFFER = """
+local out = {}
+local want = tonumber(ARGV[3])
+for i, key in ipairs(KEYS) do
+  if #out >= want then break end
+  local holder = redis.call('GET', key)
+  if (not holder) or holder == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    table.insert(out, i)
+  end
+end
+return out
+"""
 # Drop a label set whose due list became empty (atomic with any add, which is a MULTI).
 _DROP_EMPTY = """
 if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
@@ -160,6 +177,7 @@ class SchedulingStore:
         self._touch = redis.register_script(_TOUCH)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self.drop_empty = redis.register_script(_DROP_EMPTY)
+        self._offer = redis.register_script(_OFFER)
 
     # -- agents --------------------------------------------------------------------------------
     async def register_agent(self, agent: dict[str, Any]) -> None:
@@ -286,41 +304,48 @@ class SchedulingStore:
         raw = await self.redis.hgetall(self.k.labelsets)
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
-    async def runs_in_queue(self, agent_labels: list[str], before_ms: int, limit: int = QUEUE_PAGE) -> list[str]:
-        """Due runs an agent with ``agent_labels`` may take, oldest due first, skipping runs whose
-        limited labels have no free slot (and offering no more than the free slots)."""
+    async def runs_in_queue(
+        self, agent_labels: list[str], before_ms: int, limit: int = QUEUE_PAGE, agent_id: str | None = None, offer_ttl_ms: int = 0
+    ) -> list[str]:
+        """Due runs an agent with ``agent_labels`` may take, oldest due first, each at most once,
+        skipping runs whose limited labels have no free slot (and offering no more than the free
+        slots). With an agent id and ``offer_ttl_ms``, a run just offered to another agent is
+        skipped for that long (an offer lease), so agents with the same labels do not all race
+        for the same runs; an unclaimed run comes back to everyone when its lease ends."""
         sets = {lsid: labels for lsid, labels in (await self.labelsets()).items() if labels_match(labels, agent_labels)}
         if not sets:
             return []
         label_limits = await self.limits("label")
-        fetch = limit * 3 if label_limits else limit
+        leasing = bool(agent_id and offer_ttl_ms)
+        fetch = limit * 4 if (label_limits or leasing) else limit
         async with self.redis.pipeline(transaction=False) as pipe:
             for lsid in sets:
                 pipe.zrangebyscore(self.k.due(lsid), "-inf", before_ms, start=0, num=fetch, withscores=True)
             results = await pipe.execute()
-        candidates = sorted(
-            ((score, member.decode(), lsid) for lsid, rows in zip(sets, results) for member, score in rows),
-        )
-        limited = sorted({label for _, _, lsid in candidates for label in sets[lsid] if label in label_limits})
+        candidates, seen = [], set()
+        for _, run_id, lsid in sorted((score, member.decode(), lsid) for lsid, rows in zip(sets, results) for member, score in rows):
+            if run_id not in seen:
+                seen.add(run_id)
+                candidates.append((run_id, lsid))
+        limited = sorted({label for _, lsid in candidates for label in sets[lsid] if label in label_limits})
         free = {}
         if limited:
             used = await self.usage("label", limited)
             free = {label: label_limits[label]["limit"] - used[label] for label in limited}
-        out, seen = [], set()
-        for _, run_id, lsid in candidates:
-            if run_id in seen:
-                continue
-            blocked = [label for label in sets[lsid] if label in free and free[label] <= 0]
-            if blocked:
+        eligible = []
+        for run_id, lsid in candidates:
+            if any(label in free and free[label] <= 0 for label in sets[lsid]):
                 continue
             for label in sets[lsid]:
                 if label in free:
                     free[label] -= 1
-            seen.add(run_id)
-            out.append(run_id)
-            if len(out) >= limit:
+            eligible.append(run_id)
+            if len(eligible) >= (limit * 2 if leasing else limit):
                 break
-        return out
+        if not leasing or not eligible:
+            return eligible[:limit]
+        kept = await self._offer(keys=[self.k.offer(r) for r in eligible], args=[agent_id, offer_ttl_ms, limit])
+        return [eligible[int(i) - 1] for i in kept]
 
     async def late_runs(self, cutoff_ms: int, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
         sets = await self.labelsets()

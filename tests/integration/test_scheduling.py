@@ -22,6 +22,7 @@ FAST = {
     "RUNLEDGER_SCHEDULING_ZOMBIE_SECONDS": "2",
     "RUNLEDGER_SCHEDULING_CANCELLING_SECONDS": "2",
     "RUNLEDGER_SCHEDULING_CLAIM_TTL_SECONDS": "5",
+    "RUNLEDGER_SCHEDULING_OFFER_LEASE_SECONDS": "1.5",
 }
 
 
@@ -90,12 +91,13 @@ def get(http, run_id):
     return http.get(f"/api/v1/flow_runs/{run_id}").json()
 
 
-def poll(http, labels, before=None):
+def poll(http, labels, before=None, agent=None):
     q = "mutation($input: get_runs_in_queue_input!) { get_runs_in_queue(input: $input) { flow_run_ids } }"
     inp = {"labels": labels}
     if before is not None:
         inp["before"] = before.isoformat()
-    return gql(http, q, {"input": inp})["data"]["get_runs_in_queue"]["flow_run_ids"]
+    headers = {"X-PREFECT-AGENT-ID": agent} if agent else None
+    return gql(http, q, {"input": inp}, headers=headers)["data"]["get_runs_in_queue"]["flow_run_ids"]
 
 
 def eventually(check, timeout=15.0, interval=0.05):
@@ -145,6 +147,21 @@ def test_the_queue_offers_due_runs_oldest_first_by_the_label_rule(http, project)
     # Claimed runs leave the queue.
     assert set_state(http, r_x["id"], "Submitted", 1).status_code == 200
     eventually(lambda: poll(http, [x, y]) == [r_xy["id"]])
+
+
+def test_offer_leases_spread_due_runs_over_agents_with_the_same_labels(http, project):
+    f = flow(http, project)
+    label = u("lease")
+    past = datetime.now(timezone.utc) - timedelta(seconds=60)
+    runs = [run(http, f, [label], past + timedelta(seconds=i))["id"] for i in range(30)]
+    eventually(lambda: len(poll(http, [label])) == 25)
+    a, b = register_agent(http, [label]), register_agent(http, [label])
+    first = poll(http, [label], agent=a)
+    assert first == runs[:25]
+    assert poll(http, [label], agent=b) == runs[25:]  # not what a was just offered
+    assert poll(http, [label], agent=a) == runs[:25]  # a's own lease is renewed
+    time.sleep(1.6)  # a did not claim them: after the lease everyone may take them
+    assert poll(http, [label], agent=b) == runs[:25]
 
 
 def test_racing_agents_exactly_one_claims_and_a_second_submitted_is_refused(http, project):

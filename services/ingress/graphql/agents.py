@@ -7,6 +7,7 @@ from ariadne import MutationType, QueryType
 from runledger.services.ingress.graphql.coercion import json_object
 from runledger.services.ingress.graphql.errors import translate_errors
 from runledger.services.ingress.graphql.views import page
+from runledger.services.scheduling.gate import current_agent_id
 
 query, mutation = QueryType(), MutationType()
 
@@ -36,8 +37,10 @@ async def resolve_register_agent(_, info, input):
 @mutation.field("get_runs_in_queue")
 @translate_errors
 async def resolve_get_runs_in_queue(_, info, input):
-    # The agent's last contact is noted by the X-PREFECT-AGENT-ID middleware, on any request.
-    return {"flow_run_ids": await scheduling_of(info).runs_in_queue(input.get("labels"), input.get("before"))}
+    # The agent's last contact is noted by the X-PREFECT-AGENT-ID middleware, on any request; its id
+    # also takes offer leases (runs it was just offered are skipped for other agents for a moment).
+    agent_id = current_agent_id.get()
+    return {"flow_run_ids": await scheduling_of(info).runs_in_queue(input.get("labels"), input.get("before"), agent_id, touch=False)}
 
 
 bindables = [query, mutation]
