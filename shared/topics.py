@@ -30,7 +30,6 @@ class ConsumerGroup:
 
 
 TRANSITIONS = ConsumerGroup("runledger-transitions", "transitions")
-SCHEDULING = ConsumerGroup("runledger-scheduling", "scheduling")  # events -> queue, slots, recovery, schedules
 PROJECTOR = ConsumerGroup("runledger-projector", "projector")
 LOG_STORE = ConsumerGroup("runledger-logs", "logs")  # logs topic -> log store
 LOG_STATES = ConsumerGroup("runledger-logs-states", "logs")  # events -> state entries of the watch timelines
