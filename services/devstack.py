@@ -242,6 +242,17 @@ class Stack:
             self.wait_ready(name)
         return self
 
+    def __enter__(self) -> "Stack":
+        """``with Stack(...) as stack:`` starts everything and always stops what it started."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
         process.send_signal(sig)

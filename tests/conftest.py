@@ -14,12 +14,8 @@ from runledger.services.devstack import Stack
 
 @pytest.fixture(scope="session")
 def stack():
-    s = Stack(own_redis=True, partitions=4)
-    try:
-        s.start()
+    with Stack(own_redis=True, partitions=4) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="session")

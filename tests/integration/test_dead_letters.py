@@ -25,12 +25,8 @@ from tests.integration.helpers import all_events, settings_for
 
 @pytest.fixture(scope="module")
 def own_stack():
-    s = Stack(own_redis=True, partitions=2)
-    try:
-        s.start()
+    with Stack(own_redis=True, partitions=2) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def _produce(stack, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:

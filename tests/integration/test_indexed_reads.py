@@ -20,12 +20,8 @@ BASE = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def own_stack():
-    s = Stack(own_redis=True, partitions=4)
-    try:
-        s.start()
+    with Stack(own_redis=True, partitions=4) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

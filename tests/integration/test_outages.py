@@ -26,12 +26,8 @@ COMMAND_TIMEOUT = 4.0
 
 @pytest.fixture(scope="module")
 def own_stack():
-    s = Stack(own_redis=True, partitions=2, extra_env={"RUNLEDGER_COMMAND_TIMEOUT_SECONDS": str(COMMAND_TIMEOUT)})
-    try:
-        s.start()
+    with Stack(own_redis=True, partitions=2, extra_env={"RUNLEDGER_COMMAND_TIMEOUT_SECONDS": str(COMMAND_TIMEOUT)}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _readiness(stack, name: str) -> tuple[int, dict]:

@@ -19,12 +19,8 @@ BASE = datetime(2031, 1, 1, tzinfo=timezone.utc)
 
 @pytest.fixture(scope="module")
 def cluster_stack():
-    s = Stack(redis_cluster=True, partitions=4)
-    try:
-        s.start()
+    with Stack(redis_cluster=True, partitions=4) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

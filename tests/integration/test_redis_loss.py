@@ -24,12 +24,8 @@ KEYS = [f"key-{i}" for i in range(30)]
 
 @pytest.fixture(scope="module")
 def own_stack():
-    s = Stack(own_redis=True, partitions=4)
-    try:
-        s.start()
+    with Stack(own_redis=True, partitions=4) as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def _hammer(stack, flow_id: str, seconds: float, flush_after: float) -> collections.Counter:

@@ -30,16 +30,12 @@ EVERY = 12  # events per snapshot
 
 @pytest.fixture(scope="module")
 def own_stack():
-    s = Stack(
+    with Stack(
         own_redis=True,
         partitions=2,
         extra_env={"RUNLEDGER_SNAPSHOT_EVERY_EVENTS": str(EVERY), "RUNLEDGER_SNAPSHOT_EVERY_SECONDS": "3600"},
-    )
-    try:
-        s.start()
+    ) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _health(stack) -> dict:
