@@ -60,17 +60,25 @@ def test_history_then_live_then_end_after_the_last_lines(logs_stack, lapi):
     rid = new_run(lapi)["id"]
     post_logs(lapi, rid, "before-1", "before-2")
     time.sleep(0.3)
-    received = []
+    received, live = [], []
     started = threading.Event()
 
+    def on_event(event):
+        live.append(event)
+        started.set()
+
     def watcher():
-        received.extend(read_events(logs_stack, rid, on_event=lambda e: started.set()))
+        received.extend(read_events(logs_stack, rid, on_event=on_event))
 
     thread = threading.Thread(target=watcher)
     thread.start()
     assert started.wait(10)
     set_state(lapi, rid, "Running")
     post_logs(lapi, rid, "live-1")
+    # Lines and states reach the store through two consumers (logs topic, events topic): the order
+    # between a line and a state is the order they are stored in, which a loaded machine can swap
+    # when they are sent milliseconds apart. Wait for the line, as a watching client would see it.
+    wait_for(lambda: any("live-1" in e.get("data", "") for e in live))
     set_state(lapi, rid, "Success", "All reference tasks succeeded.")
     post_logs(lapi, rid, "after-success")  # sent right after the final state: still shown (grace)
     thread.join(30)
@@ -122,11 +130,28 @@ def test_many_watchers_share_one_subscription(logs_stack, lapi):
     client = redis.Redis.from_url(logs_stack.redis_url)
     blocked_before = int(client.info("clients")["blocked_clients"])
     results: list[list] = [[] for _ in range(8)]
-    threads = [threading.Thread(target=lambda i=i: results[i].extend(read_events(logs_stack, rid))) for i in range(8)]
+    connected = threading.Semaphore(0)
+
+    def watch(i: int) -> None:
+        first = threading.Event()
+
+        def seen(_event) -> None:
+            if not first.is_set():
+                first.set()
+                connected.release()
+
+        results[i].extend(read_events(logs_stack, rid, on_event=seen))
+
+    threads = [threading.Thread(target=watch, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
-    blocked = int(client.info("clients")["blocked_clients"]) - blocked_before
+    for _ in threads:  # every watcher has its history: all eight are subscribed now
+        assert connected.acquire(timeout=30)
+    samples = []  # the shared blocking read is re-issued between reads: sample, and take the most seen
+    for _ in range(40):
+        samples.append(int(client.info("clients")["blocked_clients"]) - blocked_before)
+        time.sleep(0.05)
+    blocked = max(samples)
     post_logs(lapi, rid, "hello all")
     set_state(lapi, rid, "Running")
     set_state(lapi, rid, "Success")
