@@ -122,6 +122,10 @@ async def write_logs(app, records: Any) -> WriteResult:
     total = len(records) if isinstance(records, list) else 1
     run_ids = list(dict.fromkeys(line.flow_run_id for line in batch.lines))
     known = {doc["id"] for doc in await app.state.application.read.flow_runs(run_ids)} if run_ids else set()
+    if len(known) < len(run_ids) and not await app.state.application.idempotency.restored():
+        # Redis lost its data and the read models are being rebuilt from the log: "no such run"
+        # may be untrue. Nothing is written, so the client's retry of the whole batch is exact.
+        raise LogsUnavailable("the read models are being rebuilt from the event log after Redis lost its data; retry the batch")
     accepted, errors = [], list(batch.errors)
     for line in batch.lines:
         if line.flow_run_id in known:

@@ -73,12 +73,33 @@ class _StoreConsumer(ConsumerService):
 
     async def handle(self, batch: dict) -> None:
         if batch:
-            await self.apply(batch)
+            batch = await self.unless_store_dropped(batch)
+            if batch:
+                await self.apply(batch)
             return
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_realign > REALIGN_SECONDS:
             self._last_realign = loop.time()
             await self.realign()
+
+    async def unless_store_dropped(self, batch: dict) -> dict:
+        """The batch, less the partitions whose saved position is behind its first record: the
+        store lost its data while we were busy (Redis restarted empty, a failover, keys deleted).
+        Writing on would save a position past lines the store no longer holds, and ``realign``
+        only looks when idle, so under steady load they would never come back: go back to the
+        saved position instead (not before the first offset the topic still has)."""
+        saved = await self.store.checkpoints(self.topic_name, sorted({tp.partition for tp, records in batch.items() if records}))
+        kept = {}
+        for tp, records in batch.items():
+            if records and records[0].offset > saved[tp.partition]:
+                first = (await self.consumer.beginning_offsets([tp]))[tp]
+                target = max(saved[tp.partition], first)
+                if records[0].offset > target:
+                    self.log.info("log store behind the batch: replaying", topic=tp.topic, partition=tp.partition, saved=target)
+                    self.consumer.seek(tp, target)
+                    continue
+            kept[tp] = records
+        return kept
 
     async def apply(self, batch: dict) -> None:
         queued = []
