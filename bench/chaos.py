@@ -29,8 +29,10 @@ whole events log and checks:
 4. the read models (every ``rl:rm:*`` key, indexes and checkpoints included) equal a fresh rebuild
    (``rebuild_read_models``);
 5. every acknowledged log line is stored exactly once (read back through the REST API);
-6. concurrency-slot counts equal a rebuild: only when a scheduling service with slot counts
-   exists (otherwise the table says so).
+6. concurrency slots (when the scheduling service exists; the flow carries the label ``chaos``):
+   the runs holding a slot under it in Redis are those whose last logged state holds one, and
+   every derived scheduling key (queue, slots, run facts) equals what the service rewrites from
+   the log after a restart.
 
 It prints the faults injected, the requests sent / acknowledged / lost / duplicated per kind, and
 for each fault the longest unavailability (the longest stretch, after the fault, from a request
@@ -57,6 +59,7 @@ from typing import Any
 import httpx
 import orjson
 
+LABEL = "chaos"  # the flow's label: its runs hold slots under it (when a scheduling service runs)
 NEXT_STATE = {"Scheduled": "Submitted", "Submitted": "Running", "Running": "Success", "Success": "Scheduled"}
 INFRA = ("broker", "redis")
 KINDS = ("create", "state", "logs")
@@ -273,7 +276,8 @@ async def wait_all_ready(stack, timeout: float) -> float | None:
 def fault_kinds(stack) -> list[str]:
     services = [n for n in stack.processes if n not in INFRA]
     # interleave: infrastructure faults between the kills
-    order = ["ingress", "broker-pause", "transitions", "redis-empty", "projector", "logs", "scheduling"]
+    # scheduling early: a Redis restart after its last restart shows whether it rewrites what Redis lost
+    order = ["ingress", "scheduling", "broker-pause", "transitions", "redis-empty", "projector", "logs"]
     kinds = [k for k in order if k in ("broker-pause", "redis-empty") or k in services]
     kinds += [f"kill:{n}" for n in services if n not in order]
     return kinds
@@ -618,12 +622,11 @@ async def verify(stack, client: httpx.AsyncClient, load: Load, rec: Recorder, fl
                         f"{len(live)} keys live, {len(rebuilt)} rebuilt from {result['events']} events; "
                         f"{len(only_live)} only live, {len(only_rebuilt)} only rebuilt, {len(differ)} differ", samples))
 
-    # 6. concurrency slots
-    if importlib.util.find_spec("runledger.services.scheduling") is None or "scheduling" not in stack.processes:
+    # 6. concurrency slots (the scheduling service's derived keys)
+    if "scheduling" not in stack.processes:
         checks.append(Check("concurrency-slot counts equal a rebuild", True, "n/a: no scheduling service on main (no slot counts to check)"))
     else:
-        checks.append(Check("concurrency-slot counts equal a rebuild", True,
-                            "scheduling service present; its slot counts live under rl:rm:* and were compared with the read models above"))
+        checks += await check_slots(stack, events, flow_id)
 
     # 5. log lines, read back through the API
     acked_lines: dict[str, str] = {}  # message -> run
@@ -674,6 +677,53 @@ async def verify(stack, client: httpx.AsyncClient, load: Load, rec: Recorder, fl
                         f"{len(refusals)} unexpected answers, {gave_up} requests given up after the retry budget",
                         [u[:300] for u in refusals[:3]]))
     return checks, totals
+
+
+SCHED_DERIVED = ("run:*", "labelsets", "due:*", "occ:*")
+
+
+def sched_snapshot(redis_client) -> dict:
+    out = {}
+    for pattern in SCHED_DERIVED:
+        out.update(snapshot(redis_client, "rl:{sched}:" + pattern))
+    return out
+
+
+async def check_slots(stack, events, flow_id: str) -> list[Check]:
+    """Slot holders per label against the log (runs whose last state holds a slot), and every
+    derived scheduling key against what a restarted scheduling service rewrites from the log."""
+    from runledger.domain.scheduling import FLOW_SLOT_STATES
+
+    ours, last_state = set(), {}
+    for _, _, env in events:
+        if env.type == "FlowRunCreated" and env.payload.spec.flow_id == flow_id:
+            ours.add(env.aggregate_id)
+        elif env.type == "FlowRunStateSet":
+            last_state[env.aggregate_id] = env.payload.state.type
+    expected = {r for r in ours if last_state.get(r) in FLOW_SLOT_STATES}
+    redis = stack.redis_client()
+    try:
+        live = {m.decode() for m in redis.smembers(f"rl:{{sched}}:occ:label:{LABEL}")}
+        before = await asyncio.to_thread(sched_snapshot, redis)
+        await asyncio.to_thread(stack.kill, "scheduling", signal.SIGKILL)
+        stack.restart("scheduling")
+        await asyncio.sleep(1)
+        await asyncio.to_thread(stack.wait_ready, "scheduling", 180)
+        await asyncio.sleep(2)
+        after = await asyncio.to_thread(sched_snapshot, redis)
+    finally:
+        redis.close()
+    missing, extra = sorted(expected - live), sorted(live - expected)
+    checks = [Check(f"concurrency-slot holders of label {LABEL!r} equal the log's", not missing and not extra,
+                    f"{len(expected)} runs hold a slot per the log, {len(live)} in Redis; {len(missing)} missing, {len(extra)} extra",
+                    [f"missing: {r} ({last_state.get(r)})" for r in missing[:3]] + [f"extra: {r} ({last_state.get(r)})" for r in extra[:3]])]
+    only_b, only_a = sorted(set(before) - set(after)), sorted(set(after) - set(before))
+    differ = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    samples = [f"only live: {k.decode()}" for k in only_b[:3]] + [f"only rebuilt: {k.decode()}" for k in only_a[:3]]
+    samples += [f"differs: {k.decode()}: live {str(before[k][1])[:200]} / rebuilt {str(after[k][1])[:200]}" for k in differ[:3]]
+    checks.append(Check("scheduling keys (queue, slots, run facts) equal a fresh rebuild (service restarted)", not (only_b or only_a or differ),
+                        f"{len(before)} keys live, {len(after)} rebuilt; {len(only_b)} only live, {len(only_a)} only rebuilt, {len(differ)} differ", samples))
+    return checks
 
 
 # -- output -----------------------------------------------------------------------------------------
@@ -754,12 +804,15 @@ async def amain(args) -> int:
     faults: list[Fault] = []
     try:
         await asyncio.to_thread(stack.start)
+        if importlib.util.find_spec("runledger.services.scheduling") is not None:
+            stack.start_service("scheduling")
+            await asyncio.to_thread(stack.wait_ready, "scheduling", 120)
         print(f"stack up in {stack.workdir} (services: {', '.join(n for n in stack.processes if n not in INFRA)})", flush=True)
         limits = httpx.Limits(max_connections=args.conc + 8, max_keepalive_connections=args.conc + 8)
         timeout = httpx.Timeout(args.command_timeout + 30, connect=5.0)
         async with httpx.AsyncClient(base_url=stack.api_url + "/api/v1", timeout=timeout, limits=limits) as client:
             project = (await client.post("/projects", json={"name": f"chaos-{uuid.uuid4().hex[:8]}"})).json()
-            flow = await client.post("/flows", json={"name": "chaos", "project_id": project["id"]})
+            flow = await client.post("/flows", json={"name": "chaos", "project_id": project["id"], "labels": [LABEL]})
             flow.raise_for_status()
             flow_id = flow.json()["id"]
             rec.t_start = time.monotonic()
