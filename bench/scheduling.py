@@ -72,7 +72,9 @@ async def agent_loop(http, url, agent_id, label, pending: set[str], seen: dict[s
 
     tasks: set[asyncio.Task] = set()
     while not stop.is_set() and pending:
+        asked = time.monotonic()
         body = await gql(http, url, POLL, {"input": {"labels": [label], "before": datetime.now(timezone.utc).isoformat()}}, agent_id)
+        stats["poll_s"].append(time.monotonic() - asked)
         now = time.time()
         stats["polls"] += 1
         ids = (body.get("data") or {}).get("get_runs_in_queue", {}).get("flow_run_ids") or []
@@ -102,7 +104,7 @@ async def scenario(http, url, flow_id, agents, runs, window, lead, idle, claim_c
     created = await create_runs(http, api, flow_id, label, starts)
     create_seconds = time.monotonic() - created_at
     pending, seen = set(created), {}
-    stats = {"polls": 0, "claimed": 0, "lost": 0}
+    stats = {"polls": 0, "claimed": 0, "lost": 0, "poll_s": []}
     stop = asyncio.Event()
     started = time.monotonic()
     loops = [asyncio.create_task(agent_loop(http, url, a, label, pending, seen, stats, idle, claim_conc, stop)) for a in ids]
@@ -118,6 +120,7 @@ async def scenario(http, url, flow_id, agents, runs, window, lead, idle, claim_c
         "p50": pct(delays, 50), "p99": pct(delays, 99), "max": max(delays) if delays else float("nan"),
         "claimed": stats["claimed"], "lost_races": stats["lost"], "polls": stats["polls"], "wall": wall,
         "claims_per_s": stats["claimed"] / wall if wall else 0.0,
+        "poll_p50": pct(stats["poll_s"], 50), "poll_p99": pct(stats["poll_s"], 99),
     }
 
 
@@ -147,7 +150,8 @@ async def run(args) -> None:
             q = await scenario(http, url, flow["id"], args.agents, args.runs, args.window, args.lead, args.idle, args.claim_conc, args.window + args.lead + 120)
             print(f"1. queue delay: {q['measured']} of {q['runs']} runs measured (created in {q['create_seconds']} s), "
                   f"start -> first poll answer p50 {q['p50']*1000:.0f} ms, p99 {q['p99']*1000:.0f} ms, max {q['max']*1000:.0f} ms; "
-                  f"{q['claimed']} claimed, {q['lost_races']} lost races, {q['polls']} polls")
+                  f"{q['claimed']} claimed, {q['lost_races']} lost races, {q['polls']} polls "
+                  f"(poll answer p50 {q['poll_p50']*1000:.0f} ms, p99 {q['poll_p99']*1000:.0f} ms)")
             c = await scenario(http, url, flow["id"], args.agents, args.claim_runs, 0.0, 0.0, args.idle, args.claim_conc, 300)
             print(f"2. claims: {c['claimed']} of {c['runs']} due runs claimed by {args.agents} agents in {c['wall']:.1f} s = "
                   f"{c['claims_per_s']:.0f} claims/s ({c['lost_races']} lost races, {c['polls']} polls)")

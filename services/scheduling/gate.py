@@ -82,8 +82,12 @@ class SchedulingGate:
         return [(n, limits[n]["limit"]) for n in sorted(set(names)) if n in limits]
 
     async def _flow_slot(self, run_id: str, payload: c.SetFlowRunState, kwargs) -> Reply:
+        limits = await self.store.limits("label")
+        if not limits:  # the common case: one small Redis read, no document read
+            return await self.bus.send(run_id, payload, **kwargs)
         run = await self.read.flow_run(run_id)
-        limited = await self._limited("label", (run or {}).get("labels"))
+        labels = sorted(set((run or {}).get("labels") or []))
+        limited = [(n, limits[n]["limit"]) for n in labels if n in limits]
         if not limited:
             return await self.bus.send(run_id, payload, **kwargs)
         denied, expiry = await self.store.grant("label", limited, run_id, self.claim_ttl_ms)
@@ -110,6 +114,8 @@ class SchedulingGate:
         return reply
 
     async def _task_slot(self, run_id: str, payload: c.SetTaskRunState, kwargs) -> Reply:
+        if not await self.store.redis.exists(self.store.k.limits("tag")):
+            return await self.bus.send(run_id, payload, **kwargs)
         task_run = await self.read.task_run(payload.task_run_id, run_id)
         limited = await self._limited("tag", (task_run or {}).get("tags"))
         if not limited:
