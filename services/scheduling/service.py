@@ -305,6 +305,7 @@ class SchedulingService(ConsumerService):
                 continue
             try:
                 await self.store.mark_alive(self.settings.instance_id, int(max(10.0, 5 * self.settings.scheduling_tick_seconds) * 1000))
+                await self.rewrite_what_redis_lost()
                 if self.settings.scheduling_recovery_enabled:
                     await self.recover()
                 await self.stop_schedules()
@@ -314,6 +315,24 @@ class SchedulingService(ConsumerService):
                 raise
             except Exception as exc:  # a timer pass never kills the service; the next one retries
                 self.log.warning("timer pass failed", error=repr(exc)[:300])
+
+    async def rewrite_what_redis_lost(self) -> None:
+        """Redis lost its data (a restart without persistence, a failover, FLUSHALL): write every run
+        of each partition we own again. What Redis holds for scheduling is derived from our facts,
+        which come from the log, so slot holders and due queues are whole again and never drift."""
+        async with self.lock:
+            owned = sorted(p for p, part in self.parts.items() if part.caught_up)
+            if not owned:
+                return
+            markers = await self.redis.mget([self.store.k.written(p) for p in owned])
+            lost = [p for p, marker in zip(owned, markers) if marker is None]
+            for p in lost:
+                part = self.parts[p]
+                if part.runs:
+                    await self._write([(part, run) for run in part.runs.values()])
+                await self.redis.set(self.store.k.written(p), "1")
+            if lost:
+                self.log.info("scheduling keys written again", partitions=lost, runs=sum(len(self.parts[p].runs) for p in lost))
 
     async def recover(self) -> None:
         now = datetime.now(timezone.utc)

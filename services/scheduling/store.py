@@ -90,6 +90,11 @@ class SchedKeys:
     def alive(self) -> str:
         return f"{self.base}:alive"
 
+    def written(self, partition: int) -> str:
+        """Present while Redis holds what this service derived from events partition ``partition``;
+        gone with the rest when Redis loses its data, which makes the owner write it all again."""
+        return f"{self.base}:written:{partition}"
+
     @property
     def derived_pattern(self) -> str:
         return f"{self.base}:*"
