@@ -376,7 +376,8 @@ def test_slots_come_back_after_kill_9_of_the_scheduling_service_and_an_agent(htt
     # Rebuilt from the log: one slot held (runs[1]); runs[1]'s agent "dies" (no heartbeat): Lazarus
     # puts it back to Scheduled and its slot frees too.
     limits = lambda: {x["name"]: x for x in http.get("/api/v1/concurrency_limits/flow_runs").json()}[label]["used"]
-    eventually(lambda: limits() == 1)
+    # runs[0]'s slot is back (runs[1] may hold its own still, or Lazarus may already have freed it).
+    eventually(lambda: limits() <= 1)
     assert set_state(http, runs[2]["id"], "Submitted", 1).status_code == 200
     eventually(lambda: get(http, runs[1]["id"])["state"]["type"] == "Scheduled" and get(http, runs[2]["id"])["state"]["type"] == "Scheduled", timeout=20)
     eventually(lambda: limits() == 0)
