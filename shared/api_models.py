@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from runledger.domain.states import State, StateType
 from runledger.messages.models import EdgeSpec, JsonObject, ParameterSpec, TaskSpec
@@ -22,6 +22,28 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+def _iso_only(value: Any) -> Any:
+    """Times are ISO 8601 strings (or datetimes from Python callers): a number, or a string of one,
+    is not taken for a Unix timestamp as pydantic's lax mode would."""
+    if isinstance(value, (bool, int, float)):
+        raise ValueError("expected an ISO 8601 date-time string")
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("expected an ISO 8601 date-time string")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
+def _one_of(*names: str) -> list[dict[str, Any]]:
+    """JSON Schema branches "this field is given (a non-empty string)", one per name."""
+    return [{"required": [n], "properties": {n: {"type": "string", "minLength": 1}}} for n in names]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +54,11 @@ class CreateProjectRequest(_Request):
 
 
 class RegisterFlowRequest(_Request):
+    """``project_id`` or ``project_name`` names the project (at least one, non-empty). Parameter
+    names, task ids and task slugs are unique; edges join tasks of this request."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": _one_of("project_id", "project_name")})
+
     name: str = Name
     project_id: str | None = None
     project_name: str | None = None
@@ -76,6 +103,11 @@ class UpdateFlowGroupRequest(_Request):
 
 
 class CreateFlowRunRequest(_Request):
+    """Exactly one of ``flow_id``, ``version_group_id`` or ``flow_name`` (non-empty) names the flow;
+    ``project_name`` narrows ``flow_name``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": _one_of("flow_id", "version_group_id", "flow_name")})
+
     flow_id: str | None = None
     version_group_id: str | None = None
     flow_name: str | None = None
@@ -85,7 +117,7 @@ class CreateFlowRunRequest(_Request):
     labels: list[str] | None = None
     run_config: JsonObject | None = None
     flow_run_name: str | None = Field(None, min_length=1, max_length=200)
-    scheduled_start_time: datetime | None = None
+    scheduled_start_time: IsoDateTime | None = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=500)
 
     @field_validator("scheduled_start_time")
@@ -106,7 +138,7 @@ class CreateFlowRunRequest(_Request):
 class StateInput(_Request):
     type: StateType
     message: str | None = Field(None, max_length=10_000)
-    start_time: datetime | None = None
+    start_time: IsoDateTime | None = None
     result_location: str | None = Field(None, max_length=4096)
     serialized: JsonObject | None = None
 
@@ -121,7 +153,7 @@ class StateInput(_Request):
 
 class SetStateRequest(_Request):
     state: StateInput
-    version: int | None = Field(None, ge=0)
+    version: StrictInt | None = Field(None, ge=0)
     command_id: str | None = Field(None, min_length=1, max_length=200)
 
 
@@ -152,7 +184,7 @@ class CancelRequest(_Request):
 class GetOrCreateTaskRunRequest(_Request):
     flow_run_id: str
     task_id: str
-    map_index: int = Field(-1, ge=-1)
+    map_index: StrictInt = Field(-1, ge=-1)
 
 
 # -- the flow-run list (GET /api/v1/flow_runs) --------------------------------------------------
@@ -164,8 +196,8 @@ class FlowRunListQuery(BaseModel):
     state: list[StateType] = Field(default_factory=list, description="Current state is one of these.")
     flow_id: str | None = None
     label: list[str] = Field(default_factory=list, description="Carries every one of these labels.")
-    scheduled_after: datetime | None = Field(None, description="scheduled_start_time >= this (inclusive).")
-    scheduled_before: datetime | None = Field(None, description="scheduled_start_time < this (exclusive).")
+    scheduled_after: IsoDateTime | None = Field(None, description="scheduled_start_time >= this (inclusive).")
+    scheduled_before: IsoDateTime | None = Field(None, description="scheduled_start_time < this (exclusive).")
     order: str = Field("desc", pattern="^(asc|desc)$", description="By scheduled_start_time.")
     limit: int = Field(100, ge=1, le=1000)
     cursor: str | None = None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from runledger.services.ingress.responses import JSONResponse
 
 from runledger.services.ingress.application import Application, CommandRejected
-from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, http_status
+from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, documented, http_status
 from runledger.services.runtime.bus import CommandBus, CommandTimeout
 from runledger.services.ingress.rest import router
 from runledger.services.ingress.rest_logs import router as logs_router
@@ -67,6 +70,92 @@ class BodyLimit:
         await response({"type": "http"}, None, send)
 
 
+class AllowedMethods:
+    """405 with an ``Allow`` header naming exactly the methods the OpenAPI document lists for the
+    resource the URL is. A URL that fits several path templates is the most specific one (literal
+    segments before parameters: ``/flow_runs/states`` is not ``/flow_runs/{flow_run_id}``), and
+    every method of that path counts (Starlette's own 405 names only the first route's). URLs that
+    fit no documented path (``/docs``, unknown ones) go to the router as they are."""
+
+    def __init__(self, app, openapi) -> None:
+        self.app, self._openapi, self._templates = app, openapi, None
+
+    def templates(self) -> list[tuple[tuple[int, ...], re.Pattern, frozenset[str]]]:
+        if self._templates is None:
+            templates = []
+            for path, item in self._openapi()["paths"].items():
+                methods = {m.upper() for m in item if m.upper() in HTTP_METHODS}
+                if "GET" in methods:
+                    methods.add("HEAD")
+                parts = path.split("/")
+                regex = re.compile("/".join(r"[^/]+" if p.startswith("{") else re.escape(p) for p in parts) + "$")
+                templates.append((tuple(int(p.startswith("{")) for p in parts), regex, frozenset(methods)))
+            self._templates = templates
+        return self._templates
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            fits = [(rank, methods) for rank, regex, methods in self.templates() if regex.match(scope["path"])]
+            if fits:
+                methods = min(fits, key=lambda fit: fit[0])[1]
+                if scope["method"] not in methods:
+                    allow = ", ".join(sorted(methods))
+                    response = JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow})
+                    return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
+
+
+# OpenAPI links: what a created resource's answer feeds into (Schemathesis follows them in its
+# stateful tests: create project -> register flow -> create run -> set state / read / cancel ...).
+# (method, path, status) -> {link name: (method, path, parameters, requestBody, replace the body)}
+_FLOW_RUN = {
+    "GetFlowRun": ("GET", "/api/v1/flow_runs/{flow_run_id}"),
+    "SetFlowRunState": ("POST", "/api/v1/flow_runs/{flow_run_id}/state"),
+    "CancelFlowRun": ("POST", "/api/v1/flow_runs/{flow_run_id}/cancel"),
+    "RenameFlowRun": ("POST", "/api/v1/flow_runs/{flow_run_id}/name"),
+    "FlowRunHeartbeat": ("POST", "/api/v1/flow_runs/{flow_run_id}/heartbeat"),
+    "FlowRunTaskRuns": ("GET", "/api/v1/flow_runs/{flow_run_id}/task_runs"),
+    "FlowRunLogs": ("GET", "/api/v1/flow_runs/{flow_run_id}/logs"),
+}
+LINKS: dict[tuple[str, str, str], dict[str, dict]] = {
+    ("POST", "/api/v1/projects", "201"): {
+        "RegisterFlow": {"target": ("POST", "/api/v1/flows"), "requestBody": {"project_id": "$response.body#/id"}},
+    },
+    ("POST", "/api/v1/flows", "201"): {
+        "GetFlow": {"target": ("GET", "/api/v1/flows/{flow_id}"), "parameters": {"path.flow_id": "$response.body#/id"}},
+        "FlowRunsOfFlow": {"target": ("GET", "/api/v1/flows/{flow_id}/flow_runs"), "parameters": {"path.flow_id": "$response.body#/id"}},
+        "UpdateFlowGroup": {"target": ("PATCH", "/api/v1/flow_groups/{flow_group_id}"), "parameters": {"path.flow_group_id": "$response.body#/version_group_id"}},
+        # The whole body: a generated one may name the flow another way too (exactly one is allowed).
+        "CreateFlowRun": {"target": ("POST", "/api/v1/flow_runs"), "requestBody": {"flow_id": "$response.body#/id"}, "x-schemathesis": {"merge_body": False}},
+    },
+    **{
+        ("POST", "/api/v1/flow_runs", status): {
+            name: {"target": target, "parameters": {"path.flow_run_id": "$response.body#/id"}} for name, target in _FLOW_RUN.items()
+        }
+        for status in ("200", "201")
+    },
+}
+
+
+def add_links(schema: dict) -> dict:
+    operation_ids = {
+        (method.upper(), path): operation["operationId"]
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+    for (method, path, status), links in LINKS.items():
+        response = schema["paths"][path][method.lower()]["responses"].setdefault(status, {"description": "Successful Response"})
+        response["links"] = {
+            name: {"operationId": operation_ids[link["target"]], **{k: v for k, v in link.items() if k != "target"}}
+            for name, link in links.items()
+        }
+    return schema
+
+
 def unavailable(detail: str, **extra) -> JSONResponse:
     return JSONResponse({**extra, "detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
@@ -118,7 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def live():
         return {"status": "ok"}
 
-    @app.get("/health/ready", tags=["health"])
+    @app.get("/health/ready", tags=["health"], responses=documented(503, s503="Not ready: the broker or Redis does not answer"))
     async def ready(request: Request):
         bus = getattr(request.app.state, "bus", None)
         if bus is None or not bus.healthy:
@@ -157,6 +246,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("dependency unavailable", path=request.url.path, error=repr(exc)[:300])
             return unavailable(f"a dependency is unavailable ({type(exc).__name__}); retry shortly")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.detail, str):  # a body that is not even text
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": exc.detail, "type": "json_invalid"}]}, status_code=400)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
@@ -166,6 +261,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A log batch may be as large as its own limit, plus room for the JSON around the records.
     log_batch = max(settings.max_body_bytes, settings.logs_max_batch_bytes + 65_536)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, by_path={"/api/v1/logs": log_batch, "/graphql": log_batch, "/": log_batch})
+    app.add_middleware(AllowedMethods, openapi=lambda: app.openapi())
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_links(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

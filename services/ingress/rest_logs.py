@@ -19,17 +19,19 @@ import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import StringConstraints
 
 from runledger.services.runtime import redis as redis_clients
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.domain.states import StateType, is_finished
 from runledger.messages.logs import LEVELS, BatchTooLarge, LogLimits, RecordError, chunks, parse_time, validate_batch
+from runledger.services.ingress.errors import RETRY_AFTER_SECONDS, documented
 from runledger.services.ingress.responses import JSONResponse
 from runledger.services.runtime import kafka as clients
 from runledger.services.runtime.logstore import LogStore, Page, entry_view, parse_id
@@ -152,11 +154,41 @@ def result_body(result: WriteResult) -> tuple[dict, int]:
     return body, 200
 
 
+LOG_RECORD = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["flow_run_id", "message"],
+    "properties": {
+        "flow_run_id": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S", "description": "An existing flow run"},
+        "task_run_id": {"type": ["string", "null"], "maxLength": 200},
+        "timestamp": {
+            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}, {"type": "null"}],
+            "description": "ISO 8601 (no zone = UTC) or epoch seconds; the server's time when missing",
+        },
+        "level": {
+            "anyOf": [{"type": "string", "enum": list(LEVELS)}, {"type": "integer", "enum": [10, 20, 30, 40, 50]}, {"type": "null"}],
+            "description": "INFO when missing",
+        },
+        "name": {"type": ["string", "null"]},
+        "message": {"type": "string"},
+        "info": {"description": "Any JSON"},
+    },
+}
+
 WRITE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object", "properties": {"logs": {"type": "array", "items": {"type": "object"}}}},
-                                          "example": {"logs": [{"flow_run_id": "…", "level": "INFO", "name": "prefect", "message": "hello"}]}}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["logs"],
+                    "properties": {"logs": {"type": "array", "items": LOG_RECORD}},
+                    "description": "A batch (a bare list of records, or one record, is taken too)",
+                },
+                "example": {"logs": [{"flow_run_id": "…", "level": "INFO", "name": "prefect", "message": "hello"}]},
+            }
+        },
     }
 }
 
@@ -165,7 +197,11 @@ WRITE_BODY = {
     "/logs",
     tags=["logs"],
     openapi_extra=WRITE_BODY,
-    responses={422: {"description": "Some records refused (the others were stored)"}, 413: {"description": "Batch over a limit"}},
+    responses=documented(
+        400, 413, 422, 503,
+        s413="Batch over a limit (RUNLEDGER_LOGS_MAX_BATCH_BYTES, RUNLEDGER_LOGS_MAX_RECORDS, or the body limit)",
+        s422="Some records refused, each with its index and field (the others were stored: see `accepted`)",
+    ),
 )
 async def post_logs(request: Request) -> Any:
     """Write a batch: ``{"logs": [record, ...]}`` (or one record, or a bare list). A record:
@@ -176,12 +212,15 @@ async def post_logs(request: Request) -> Any:
     except orjson.JSONDecodeError as exc:
         return JSONResponse({"detail": [{"loc": ["body"], "msg": f"malformed JSON ({exc})", "type": "json_invalid"}]}, status_code=400)
     records = body.get("logs") if isinstance(body, dict) and "logs" in body else body
+    if not isinstance(records, (list, dict)):
+        loc = ["body", "logs"] if isinstance(body, dict) else ["body"]
+        return JSONResponse({"detail": [{"loc": loc, "msg": "expected a list of log records (or one record)", "type": "list_type"}]}, status_code=422)
     try:
         result = await write_logs(request.app, records)
     except BatchTooLarge as exc:
         return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": str(exc), "type": "too_large"}]}, status_code=413)
     except LogsUnavailable as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     body, status = result_body(result)
     return JSONResponse(body, status_code=status)
 
@@ -230,6 +269,17 @@ async def read_page(request: Request, run_id: str, task_run_id: str | None, leve
         raise RequestError(422, [FieldError(("query", "cursor"), str(exc), "value_error")]) from None
 
 
+def _ci(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" for c in word)
+
+
+_LEVEL = "(?:" + "|".join(_ci(name) for name in LEVELS) + ")"
+LevelList = Annotated[str, StringConstraints(pattern=f"^,*(?:{_LEVEL}(?:,+{_LEVEL})*)?,*$")]
+LEVEL_LIST = Query(None, description="Level names, any case (repeat or comma-separate)")
+MIN_LEVEL = Query(None, pattern=f"^{_LEVEL}?$", description="Lines at this level or above")
+TIME = {"json_schema_extra": {"format": "date-time"}}
+
+
 READ_DOC = (
     "Lines ordered by timestamp then arrival. Filters: `level` (repeat or comma-separate), `min_level`, "
     "`after`/`since` (exclusive/inclusive lower bound), `before`/`until` (exclusive/inclusive upper bound). "
@@ -237,17 +287,17 @@ READ_DOC = (
 )
 
 
-@router.get("/flow_runs/{flow_run_id}/logs", tags=["logs"], description=READ_DOC)
+@router.get("/flow_runs/{flow_run_id}/logs", tags=["logs"], description=READ_DOC, responses=documented(404, 422, 503))
 async def flow_run_logs(
     flow_run_id: str,
     request: Request,
     task_run_id: str | None = None,
-    level: list[str] | None = Query(None),
-    min_level: str | None = None,
-    after: str | None = None,
-    since: str | None = None,
-    before: str | None = None,
-    until: str | None = None,
+    level: list[LevelList] | None = LEVEL_LIST,
+    min_level: str | None = MIN_LEVEL,
+    after: str | None = Query(None, **TIME),
+    since: str | None = Query(None, **TIME),
+    before: str | None = Query(None, **TIME),
+    until: str | None = Query(None, **TIME),
     order: str = Query("asc", pattern="^(asc|desc)$"),
     limit: int = Query(1000, ge=1, le=10_000),
     cursor: str | None = None,
@@ -257,16 +307,16 @@ async def flow_run_logs(
     return {"logs": page.lines, "next_cursor": page.next_cursor}
 
 
-@router.get("/task_runs/{task_run_id}/logs", tags=["logs"], description=READ_DOC)
+@router.get("/task_runs/{task_run_id}/logs", tags=["logs"], description=READ_DOC, responses=documented(404, 422, 503))
 async def task_run_logs(
     task_run_id: str,
     request: Request,
-    level: list[str] | None = Query(None),
-    min_level: str | None = None,
-    after: str | None = None,
-    since: str | None = None,
-    before: str | None = None,
-    until: str | None = None,
+    level: list[LevelList] | None = LEVEL_LIST,
+    min_level: str | None = MIN_LEVEL,
+    after: str | None = Query(None, **TIME),
+    since: str | None = Query(None, **TIME),
+    before: str | None = Query(None, **TIME),
+    until: str | None = Query(None, **TIME),
     order: str = Query("asc", pattern="^(asc|desc)$"),
     limit: int = Query(1000, ge=1, le=10_000),
     cursor: str | None = None,

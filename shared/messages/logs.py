@@ -165,7 +165,7 @@ def validate_batch(records: Any, limits: LogLimits, now: datetime) -> ValidatedB
             level = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}.get(level, level)
         if isinstance(level, str):
             level = LEVEL_ALIASES.get(level.upper(), level.upper())
-        if level not in LEVEL_CODE:
+        if not isinstance(level, str) or level not in LEVEL_CODE:
             errors.append(RecordError(i, "level", f"{record.get('level')!r} is not one of {', '.join(LEVELS)}", "enum"))
         timestamp = now
         if record.get("timestamp") is not None:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictBool, StrictFloat, StrictInt, model_serializer
 from typing_extensions import Annotated
 
 
@@ -31,7 +31,7 @@ class Frozen(BaseModel):
 class ParameterSpec(Frozen):
     name: str = Field(min_length=1, max_length=200)
     default: WireJson = None
-    required: bool = False
+    required: StrictBool = False
 
 
 class TaskSpec(Frozen):
@@ -39,9 +39,9 @@ class TaskSpec(Frozen):
     slug: str = Field(min_length=1, max_length=500)
     name: str = Field("", max_length=500)
     tags: list[str] = Field(default_factory=list)
-    max_retries: int = Field(0, ge=0)
-    retry_delay_seconds: float | None = Field(None, ge=0)
-    mapped: bool = False
+    max_retries: StrictInt = Field(0, ge=0)
+    retry_delay_seconds: StrictFloat | None = Field(None, ge=0)
+    mapped: StrictBool = False
     trigger: str | None = None
     type: str | None = None
 
@@ -50,7 +50,7 @@ class EdgeSpec(Frozen):
     upstream_task_id: str
     downstream_task_id: str
     key: str | None = None
-    mapped: bool = False
+    mapped: StrictBool = False
 
 
 _OPTIONAL_ADDITIONS = ("serialized_flow", "environment")

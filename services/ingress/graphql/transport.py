@@ -60,8 +60,59 @@ async def _call(function, *args):
     return function(*args)
 
 
+GRAPHQL_ERROR = {
+    "type": "object",
+    "required": ["message", "extensions"],
+    "properties": {
+        "message": {"type": "string"},
+        "path": {"type": "array"},
+        "locations": {"type": "array"},
+        "extensions": {"type": "object", "required": ["code"], "properties": {"code": {"type": "string"}}},
+    },
+}
+OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["query"],
+                    "properties": {
+                        "query": {"type": "string", "description": "A GraphQL document (its schema: the GraphiQL explorer at GET /graphql)"},
+                        "variables": {
+                            "oneOf": [
+                                {"type": "object"},
+                                {"type": "null"},
+                                {"type": "string", "contentMediaType": "application/json", "description": "A JSON-encoded object (as Prefect 1.x sends them)"},
+                            ]
+                        },
+                        "operationName": {"type": ["string", "null"]},
+                    },
+                },
+                "example": {"query": "{ hello }"},
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "Executed: `data`, and `errors` for fields that failed (each with `extensions.code`)",
+            "content": {"application/json": {"schema": {"type": "object", "properties": {"data": {}, "errors": {"type": "array", "items": GRAPHQL_ERROR}, "extensions": {"type": "object"}}}}},
+        },
+        "400": {
+            "description": "Not executed: a malformed body, or a document that does not parse, validate, or fit the document limits, or variables that do not fit their types",
+            "content": {"application/json": {"schema": {"type": "object", "required": ["errors"], "properties": {"errors": {"type": "array", "items": GRAPHQL_ERROR}}}}},
+        },
+        "413": {
+            "description": "Request body over the size limit",
+            "content": {"application/json": {"schema": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "array"}}}}},
+        },
+    },
+}
+
+
 def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
-    @app.get("/graphql", include_in_schema=False)
+    @app.get("/graphql", tags=["graphql"], summary="GraphiQL explorer", response_class=HTMLResponse)
     async def explorer() -> HTMLResponse:
         return HTMLResponse(_explorer)
 
@@ -77,7 +128,11 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
                 data["variables"] = orjson.loads(data["variables"]) if data["variables"] else None
             except orjson.JSONDecodeError as exc:
                 return _request_error(f"variables: malformed JSON ({exc})")
-        variables = data.get("variables") if isinstance(data.get("variables"), dict) else None
+        if not isinstance(data.get("variables"), (dict, type(None))):
+            return _request_error("variables: expected an object")
+        if not isinstance(data.get("operationName"), (str, type(None))):
+            return _request_error("operationName: expected a string")
+        variables = data.get("variables")
         # A long document is checked on a worker thread, so the event loop keeps serving others.
         check = (asyncio.to_thread if len(data["query"]) > 4096 else _call)(over_limits, schema, data["query"], variables, limits)
         if refused := await check:
@@ -88,8 +143,8 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
             result.setdefault("extensions", {}).update(context["extensions"])
         return JSONResponse(_with_codes(result), status_code=200 if success or field_errors_only(result) else 400)
 
-    app.add_api_route("/graphql", execute, methods=["POST"], tags=["graphql"], summary="GraphQL")
-    app.add_api_route("/", execute, methods=["POST"], tags=["graphql"], summary="GraphQL (the Prefect 1.x client's endpoint)")
+    app.add_api_route("/graphql", execute, methods=["POST"], tags=["graphql"], summary="GraphQL", openapi_extra=OPENAPI)
+    app.add_api_route("/", execute, methods=["POST"], tags=["graphql"], summary="GraphQL (the Prefect 1.x client's endpoint)", openapi_extra=OPENAPI)
 
 
 def field_errors_only(result: dict) -> bool:
