@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from runledger.domain.states import State, StateType
-from runledger.messages.models import EdgeSpec, JsonObject, ParameterSpec, TaskSpec
+from runledger.messages.models import EdgeSpec, JsonInt, JsonObject, ParameterSpec, TaskSpec, json_integer
 
 Name = Field(min_length=1, max_length=200)
 
@@ -153,7 +153,7 @@ class StateInput(_Request):
 
 class SetStateRequest(_Request):
     state: StateInput
-    version: StrictInt | None = Field(None, ge=0)
+    version: Annotated[int, Field(ge=0), BeforeValidator(json_integer)] | None = None
     command_id: str | None = Field(None, min_length=1, max_length=200)
 
 
@@ -184,7 +184,7 @@ class CancelRequest(_Request):
 class GetOrCreateTaskRunRequest(_Request):
     flow_run_id: str
     task_id: str
-    map_index: StrictInt = Field(-1, ge=-1)
+    map_index: JsonInt = Field(-1, ge=-1)
 
 
 # -- the flow-run list (GET /api/v1/flow_runs) --------------------------------------------------

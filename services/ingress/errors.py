@@ -70,19 +70,19 @@ class RejectedCommand(BaseModel):
     field: str | None = None
 
 
-class Unavailable(BaseModel):
+class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     detail: str
 
 
 RESPONSES: dict[int, dict] = {
     400: {"model": InvalidRequest, "description": "Malformed JSON body"},
-    404: {"model": InvalidRequest | RejectedCommand, "description": "Not found"},
+    404: {"model": InvalidRequest | RejectedCommand | Message, "description": "Not found"},
     409: {"model": RejectedCommand, "description": "Conflict: a stale version, a refused transition, or a name in use"},
     413: {"model": InvalidRequest, "description": "Request body (or a JSON field of it) over a size limit"},
     422: {"model": InvalidRequest | RejectedCommand, "description": "Invalid request"},
     503: {
-        "model": Unavailable,
+        "model": Message,
         "description": "A dependency (broker, Redis) is unavailable or the command timed out: retry after Retry-After seconds",
         "headers": {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}},
     },

@@ -14,6 +14,8 @@ from runledger import api_models as api
 from runledger.domain.run_requests import RequestError
 from runledger.domain.states import StateType
 
+MAX_OFFSET = 2**31 - 1  # Redis ranges take 64-bit offsets; no list is that long anyway
+
 router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
 
 
@@ -41,7 +43,7 @@ async def list_flows(
     request: Request,
     name: str | None = None,
     include_archived: bool = False,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(100, ge=1, le=1000),
 ) -> Any:
     application = app_of(request)
@@ -56,7 +58,7 @@ async def get_flow(flow_id: str, request: Request) -> Any:
 
 @router.get("/flows/{flow_id}/flow_runs", tags=["flow runs"], responses=documented(404, 422, 503))
 async def list_flow_runs(
-    flow_id: str, request: Request, offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=1000)
+    flow_id: str, request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(50, ge=1, le=1000)
 ) -> Any:
     """A flow's runs, latest scheduled start first (``total`` counts them all)."""
     runs, total = await app_of(request).flow_runs_of(flow_id, offset, limit)

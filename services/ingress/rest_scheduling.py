@@ -10,7 +10,10 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import ORJSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from runledger.messages.models import JsonInt
+from runledger.services.ingress.errors import WITH_BODY, documented
 
 from runledger.services.scheduling.frontend import SchedulingFrontend, SchedulingUnavailable
 from runledger.services.scheduling.gate import SchedulingGate, current_agent_id
@@ -41,35 +44,35 @@ class QueuePoll(_Body):
     before: str | None = None
     labels: list[str] = Field(default_factory=list, max_length=1000)
     tenant_id: str | None = None
-    limit: int = Field(25, ge=1, le=1000)
+    limit: JsonInt = Field(25, ge=1, le=1000)
 
 
 class LimitBody(_Body):
-    limit: int = Field(ge=0)
+    limit: JsonInt = Field(ge=0, le=2**31 - 1)
 
 
 class GroupSettings(_Body):
-    lazarus_enabled: bool | None = None
-    heartbeat_enabled: bool | None = None
+    lazarus_enabled: StrictBool | None = None
+    heartbeat_enabled: StrictBool | None = None
 
 
-@router.post("/agents", tags=["scheduling"])
+@router.post("/agents", tags=["scheduling"], responses=documented(*WITH_BODY))
 async def register_agent(body: RegisterAgent, request: Request) -> Any:
     return await scheduling_of(request).register_agent(body.model_dump())
 
 
-@router.get("/agents", tags=["scheduling"])
+@router.get("/agents", tags=["scheduling"], responses=documented(503))
 async def list_agents(request: Request) -> Any:
     return await scheduling_of(request).agents()
 
 
-@router.post("/queue", tags=["scheduling"])
+@router.post("/queue", tags=["scheduling"], responses=documented(*WITH_BODY))
 async def runs_in_queue(body: QueuePoll, request: Request) -> Any:
     ids = await scheduling_of(request).runs_in_queue(body.labels, body.before, current_agent_id.get(), body.limit, touch=False)
     return {"flow_run_ids": ids}
 
 
-@router.get("/flow_runs/{flow_run_id}/why", tags=["scheduling"])
+@router.get("/flow_runs/{flow_run_id}/why", tags=["scheduling"], responses=documented(404, 503, s503="No scheduling service is running (or a dependency is down)"))
 async def why(flow_run_id: str, request: Request) -> Any:
     try:
         return await scheduling_of(request).why(flow_run_id)
@@ -77,39 +80,39 @@ async def why(flow_run_id: str, request: Request) -> Any:
         return ORJSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
-@router.get("/late_runs", tags=["scheduling"])
+@router.get("/late_runs", tags=["scheduling"], responses=documented(422, 503))
 async def late_runs(request: Request, threshold_seconds: float | None = Query(None, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Any:
     return await scheduling_of(request).late_runs(threshold_seconds, limit)
 
 
-@router.get("/concurrency_limits/flow_runs", tags=["scheduling"])
+@router.get("/concurrency_limits/flow_runs", tags=["scheduling"], responses=documented(503))
 async def flow_limits(request: Request) -> Any:
     return await scheduling_of(request).limits("label")
 
 
-@router.put("/concurrency_limits/flow_runs/{label}", tags=["scheduling"])
+@router.put("/concurrency_limits/flow_runs/{label}", tags=["scheduling"], responses=documented(*WITH_BODY))
 async def set_flow_limit(label: str, body: LimitBody, request: Request) -> Any:
     return await scheduling_of(request).set_limit("label", label, body.limit)
 
 
-@router.get("/concurrency_limits/task_runs", tags=["scheduling"])
+@router.get("/concurrency_limits/task_runs", tags=["scheduling"], responses=documented(503))
 async def task_limits(request: Request) -> Any:
     return await scheduling_of(request).limits("tag")
 
 
-@router.put("/concurrency_limits/task_runs/{tag}", tags=["scheduling"])
+@router.put("/concurrency_limits/task_runs/{tag}", tags=["scheduling"], responses=documented(*WITH_BODY))
 async def set_task_limit(tag: str, body: LimitBody, request: Request) -> Any:
     return await scheduling_of(request).set_limit("tag", tag, body.limit)
 
 
-@router.delete("/concurrency_limits/{limit_id}", tags=["scheduling"])
+@router.delete("/concurrency_limits/{limit_id}", tags=["scheduling"], responses=documented(404, 503))
 async def delete_limit(limit_id: str, request: Request) -> Any:
     if not await scheduling_of(request).delete_limit(limit_id):
         return ORJSONResponse({"detail": f"no concurrency limit with id {limit_id}"}, status_code=404)
     return {"success": True}
 
 
-@router.post("/flows/{flow_id}/schedule/{switch}", tags=["scheduling"])
+@router.post("/flows/{flow_id}/schedule/{switch}", tags=["scheduling"], responses=documented(404, 503, s404="No such flow, or a switch other than active/inactive"))
 async def set_schedule(flow_id: str, switch: str, request: Request) -> Any:
     if switch not in ("active", "inactive"):
         return ORJSONResponse({"detail": "use /schedule/active or /schedule/inactive"}, status_code=404)
@@ -117,7 +120,7 @@ async def set_schedule(flow_id: str, switch: str, request: Request) -> Any:
     return {"success": True, "flow_id": flow_id, "schedule_active": switch == "active"}
 
 
-@router.patch("/flow_groups/{flow_group_id}/settings", tags=["scheduling"])
+@router.patch("/flow_groups/{flow_group_id}/settings", tags=["scheduling"], responses=documented(*WITH_BODY, 404))
 async def set_group_settings(flow_group_id: str, body: GroupSettings, request: Request) -> Any:
     return await scheduling_of(request).set_group_settings(flow_group_id, body.model_dump(exclude_none=True))
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictBool, StrictFloat, StrictInt, model_serializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, StrictBool, StrictFloat, model_serializer
 from typing_extensions import Annotated
 
 
@@ -20,6 +20,14 @@ def _encodable(value: Any) -> Any:
     return value
 
 
+def json_integer(value: Any) -> Any:
+    """A JSON integer: ``3`` or ``3.0`` (JSON Schema's integer), never ``true`` or ``"3"``."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError("expected an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(json_integer)]  # in a union, put Field constraints before the validator
 WireJson = Annotated[Any, AfterValidator(_encodable)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_encodable)]
 
@@ -39,7 +47,7 @@ class TaskSpec(Frozen):
     slug: str = Field(min_length=1, max_length=500)
     name: str = Field("", max_length=500)
     tags: list[str] = Field(default_factory=list)
-    max_retries: StrictInt = Field(0, ge=0)
+    max_retries: JsonInt = Field(0, ge=0)
     retry_delay_seconds: StrictFloat | None = Field(None, ge=0)
     mapped: StrictBool = False
     trigger: str | None = None

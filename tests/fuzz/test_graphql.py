@@ -23,7 +23,7 @@ from hypothesis_graphql import Mode, mutations, nodes, queries
 from runledger.domain.states import StateType
 from runledger.services.ingress.graphql import schema as executable_schema
 
-EXAMPLES = int(os.environ.get("RUNLEDGER_FUZZ_EXAMPLES", "8")) * 6
+EXAMPLES = int(os.environ.get("RUNLEDGER_FUZZ_EXAMPLES", "6")) * 6
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 SCHEMA = executable_schema
 

@@ -6,7 +6,7 @@ data, every check (no 5xx; every status, content type, header and body as docume
 data refused, valid data accepted; 405 with the right ``Allow``). Stateful: the OpenAPI links of
 ``app.py`` (create project -> register flow -> create run -> set state / read / cancel ...).
 
-Bounded and reproducible: ``RUNLEDGER_FUZZ_EXAMPLES`` examples per operation (default 8), a fixed
+Bounded and reproducible: ``RUNLEDGER_FUZZ_EXAMPLES`` examples per operation (default 6), a fixed
 seed, derandomized. ``RUNLEDGER_FUZZ_URL=http://127.0.0.1:PORT`` fuzzes a stack that is already
 running instead of starting one.
 
@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, Phase, settings
 from runledger.services.ingress.app import create_app
 from runledger.settings import Settings
 
-MAX_EXAMPLES = int(os.environ.get("RUNLEDGER_FUZZ_EXAMPLES", "8"))
+MAX_EXAMPLES = int(os.environ.get("RUNLEDGER_FUZZ_EXAMPLES", "6"))
 SEED = 20_100_501
-STATEFUL_SCENARIOS = int(os.environ.get("RUNLEDGER_FUZZ_SCENARIOS", "80"))
+STATEFUL_SCENARIOS = int(os.environ.get("RUNLEDGER_FUZZ_SCENARIOS", "40"))
 
 SEMANTIC_422 = ["2xx", "3xx", "401", "403", "404", "409", "422", "429"]  # the default list, plus 422
 
