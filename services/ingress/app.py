@@ -110,7 +110,7 @@ HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRA
 
 # OpenAPI links: what a created resource's answer feeds into (Schemathesis follows them in its
 # stateful tests: create project -> register flow -> create run -> set state / read / cancel ...).
-# (method, path, status) -> {link name: (method, path, parameters, requestBody, replace the body)}
+# (method, path, status) -> {link name: {"target": (method, path), OpenAPI link fields (parameters, requestBody)}}
 _FLOW_RUN = {
     "GetFlowRun": ("GET", "/api/v1/flow_runs/{flow_run_id}"),
     "SetFlowRunState": ("POST", "/api/v1/flow_runs/{flow_run_id}/state"),
