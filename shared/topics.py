@@ -33,6 +33,7 @@ TRANSITIONS = ConsumerGroup("runledger-transitions", "transitions")
 PROJECTOR = ConsumerGroup("runledger-projector", "projector")
 LOG_STORE = ConsumerGroup("runledger-logs", "logs")  # logs topic -> log store
 LOG_STATES = ConsumerGroup("runledger-logs-states", "logs")  # events -> state entries of the watch timelines
+SCHEDULING = ConsumerGroup("runledger-scheduling", "scheduling")  # events -> due queues, slots, timers
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ COMMANDS = TopicSpec(
     doc="requests to the single writer; partitioned by aggregate id",
 )
 EVENTS = TopicSpec(
-    "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR, LOG_STATES),
+    "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR, LOG_STATES, SCHEDULING),
     doc="the system of record; the partition number of the command that caused each event",
 )
 REPLIES = TopicSpec(

@@ -44,12 +44,9 @@ from runledger.services.runtime.process import run_until_stopped
 from runledger.services.scheduling.schedules import Scheduler
 from runledger.services.scheduling.store import SchedulingStore
 from runledger.settings import Settings
-from runledger.topics import REGISTRY_AGGREGATE, ConsumerGroup
+from runledger.topics import REGISTRY_AGGREGATE, SCHEDULING
 
 S = StateType
-# Its consumer group on the events topic. (Belongs beside the others in ``runledger.topics``, and in
-# EVENTS' groups; kept here while that file has another engineer's edits in progress.)
-SCHEDULING = ConsumerGroup("runledger-scheduling", "scheduling")
 
 
 def registry_partition(partitions: int) -> int:
