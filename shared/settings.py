@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
     logs_max_lines_per_run: int = Field(100_000, ge=1, description="Keep at most this many lines per run (the oldest by timestamp go).")
     logs_watch_end_grace_seconds: float = Field(2.0, ge=0, description="After a run finishes, wait this long for its last lines before ending its watch streams.")
     logs_watch_keepalive_seconds: float = Field(15.0, gt=0)
+    logs_engine: Literal["aiokafka", "faust"] = Field(
+        "aiokafka", description="What consumes the logs topic into the store: a plain aiokafka loop, or a Faust agent "
+        "(stream.take batches; same store, dedup and saved positions). bench/README.md compares them."
+    )
 
     # Writer snapshots
     snapshots: bool = Field(True, description="Snapshot each writer partition's ledger, and restore from the latest on start.")

@@ -1,8 +1,9 @@
 """The log service: the ``logs`` topic and the runs' state changes into the log store
 (``runledger.services.runtime.logstore``), and the end markers that close watch streams.
 
-Two consumer loops in one process, each a ``ConsumerService`` (plain aiokafka; see bench/README.md
-for why not Faust):
+Two consumer loops in one process, each a ``ConsumerService`` (plain aiokafka). With
+``RUNLEDGER_LOGS_ENGINE=faust`` the first is a Faust agent instead (``faust_app.py``: same store
+writes, dedup and saved positions); bench/README.md "Logs: Faust vs aiokafka" compares them.
 
 - ``LogLines`` (group ``runledger-logs``) reads the ``logs`` topic. Each record holds lines of one
   run; a Lua script per record appends them to the run's timeline and index *and* records the
@@ -234,7 +235,12 @@ class LogService:
         self.log = configure("logs", settings.log_level, settings.log_json)
         self.redis = redis_clients.client(settings)
         self.store = LogStore(self.redis, settings.redis_prefix)
-        self.lines = LogLines(settings, self.redis, self.store)
+        if settings.logs_engine == "faust":
+            from runledger.services.logs.faust_app import FaustLogLines
+
+            self.lines: LogLines = FaustLogLines(settings, self.redis, self.store)
+        else:
+            self.lines = LogLines(settings, self.redis, self.store)
         self.states = RunStates(settings.model_copy(update={"health_port": 0}), self.redis, self.store)
         self.lines.partner = self.states
         self.stopping = self.lines.stopping
