@@ -10,7 +10,14 @@ WARNING) it measures, and prints as one table:
 2. watch delay: one SSE watcher per run, batches of 10 lines at a steady rate; the delay from a
    batch's acknowledgement (the POST's answer) to the watcher receiving its last line, p50/p99;
 3. Redis memory per million records: ``used_memory`` growth over the lines stored in (1),
-   divided by their number, times 10^6 (extrapolated from the measured count, which is printed).
+   divided by their number, times 10^6 (extrapolated from the measured count, which is printed);
+4. the consumer alone (no HTTP): the log service is stopped, ``--consumer-lines`` lines are
+   produced straight to the ``logs`` topic as the ingress writes them (one record per run and
+   batch: 100 or 1,000 lines each), the service is started again, and the rate is timed from the
+   first stored line to the last.
+
+``--engine aiokafka|faust`` picks the log-line consumer (``RUNLEDGER_LOGS_ENGINE``); ``--json FILE``
+writes the figures; ``bench/logs_compare.py`` runs both engines repeatedly and prints medians.
 
 Record shape: Prefect-like (``name`` "prefect.CloudTaskRunner", a task_run_id, INFO, a message
 of ~60 characters, a client timestamp), the shape ``CloudHandler`` sends.
@@ -20,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import platform
 import statistics
 import time
@@ -31,7 +40,11 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
+from runledger.messages.logs import LogChunk
 from runledger.services.devstack import Stack
+from runledger.services.runtime import kafka
+from runledger.settings import Settings
+from runledger.topics import LOGS, topics_for
 
 
 def pct(values: list[float], q: float) -> float:
@@ -176,6 +189,48 @@ async def watch_delay(api: str, runs: list[str], seconds: float, rate: float) ->
             "max_ms": max(delays) if delays else float("nan"), "mean_ms": statistics.fmean(delays) if delays else float("nan")}
 
 
+async def consumer_only(stack: Stack, args, batch: int, redis) -> dict:
+    """Stop the log service, produce ``args.consumer_lines`` lines straight to the logs topic in
+    records of ``batch`` lines (one run each, as the ingress writes them), start the service again
+    and time it from the first stored line to the last."""
+    runs = [str(uuid.uuid4()) for _ in range(args.runs)]
+    stack.kill("logs", signal.SIGTERM)
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=args.partitions)
+    topic = topics_for(settings)[LOGS].name
+    producer = kafka.producer(settings, linger_ms=5)
+    await producer.start()
+    task_run = str(uuid.uuid4())
+    try:
+        futures = []
+        for n in range(args.consumer_lines // batch):
+            run = runs[n % len(runs)]
+            lines = [record(run, task_run, n * batch + i) for i in range(batch)]
+            for line in lines:
+                del line["flow_run_id"]
+            value = LogChunk.model_construct(flow_run_id=run, lines=lines, end=None).encode()
+            futures.append(await producer.send(topic, value, key=run.encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    total = (args.consumer_lines // batch) * batch
+    stack.start_service("logs")
+    spawned = time.monotonic()
+    first = None
+    deadline = spawned + 600
+    while time.monotonic() < deadline:
+        n = await stored_lines(redis, runs)
+        now = time.monotonic()
+        if n and first is None:
+            first = now
+        if n >= total:
+            break
+        await asyncio.sleep(0.02)
+    done = time.monotonic()
+    stack.wait_ready("logs")
+    return {"batch": batch, "lines": total, "stored": n, "rate": n / (done - first) if first and done > first else float("nan"),
+            "seconds": done - (first or done), "start_s": (first or done) - spawned}
+
+
 async def main_async(args, stack: Stack) -> None:
     load_before = os.getloadavg()
     try:
@@ -188,12 +243,24 @@ async def main_async(args, stack: Stack) -> None:
         results = [await ingest(api, runs, b, args.seconds, args.conc, redis) for b in (100, 1000)]
         mem1 = (await redis.info("memory"))["used_memory"]
         stored = sum(r["stored"] for r in results)
+        load_ingest = os.getloadavg()
         delay = await watch_delay(api, watch_runs, min(args.seconds, 20), args.rate)
+        load_watch = os.getloadavg()
+        alone = [await consumer_only(stack, args, b, redis) for b in (100, 1000)] if args.consumer_lines else []
         await redis.aclose()
     finally:
         stack.stop()
+    load_after = os.getloadavg()
+    per_million = (mem1 - mem0) / stored * 1_000_000 if stored else float("nan")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"engine": args.engine, "settings": vars(args), "cores": os.cpu_count(),
+                       "load": {"before": load_before, "after_ingest": load_ingest, "after_watch": load_watch, "after": load_after},
+                       "ingest": results, "watch": delay, "consumer_only": alone,
+                       "redis_bytes_per_record": (mem1 - mem0) / max(stored, 1), "redis_mib_per_million": per_million / 2**20}, f, indent=1)
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"load {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after")
+    print(f"engine: {args.engine}; load 1-min: {load_ingest[0]:.2f} after ingestion, {load_watch[0]:.2f} after watch, {load_after[0]:.2f} at the end")
     print(f"settings: {args.seconds:.0f} s per batch size, concurrency {args.conc}, {args.runs} runs, {args.partitions} partitions, "
           f"watch: {args.watchers} watchers, {args.rate:.0f} batches/s of 10 lines")
     print()
@@ -203,7 +270,8 @@ async def main_async(args, stack: Stack) -> None:
         print(f"| ingestion, batches of {r['batch']:,}: acknowledged | {r['ack_rate']:,.0f} records/s ({r['acked']:,} records, {r['errors']} errors; POST p50 {r['post_p50_ms']:.0f} ms, p99 {r['post_p99_ms']:.0f} ms) | ≥ 50,000 records/s |")
         print(f"| ingestion, batches of {r['batch']:,}: stored | {r['store_rate']:,.0f} records/s (all stored {r['drain_after_s']:.1f} s after the last ack) | |")
     print(f"| watch delay, ack → watcher (p50 / p99 / max) | {delay['p50_ms']:.1f} / {delay['p99_ms']:.1f} / {delay['max_ms']:.1f} ms ({delay['received']} of {delay['batches']} batches) | p99 ≤ 100 ms |")
-    per_million = (mem1 - mem0) / stored * 1_000_000 if stored else float("nan")
+    for r in alone:
+        print(f"| consumer alone, records of {r['batch']:,} lines: stored | {r['rate']:,.0f} records/s ({r['stored']:,} of {r['lines']:,} in {r['seconds']:.1f} s; first line {r['start_s']:.1f} s after the start) | |")
     print(f"| Redis memory per million records | {per_million / 2**20:,.0f} MiB ({(mem1 - mem0) / 2**20:,.1f} MiB for {stored:,} records, extrapolated; {(mem1 - mem0) / max(stored, 1):.0f} B/record) | |")
 
 
@@ -215,9 +283,15 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--watchers", type=int, default=10, help="runs watched in the delay scenario (one watcher each)")
     parser.add_argument("--rate", type=float, default=50.0, help="batches/s in the delay scenario")
+    parser.add_argument("--engine", choices=("aiokafka", "faust"), default=os.environ.get("RUNLEDGER_LOGS_ENGINE", "aiokafka"),
+                        help="the log service's consumer of the logs topic (RUNLEDGER_LOGS_ENGINE)")
+    parser.add_argument("--consumer-lines", type=int, default=500_000,
+                        help="lines produced straight to the logs topic per record size for the consumer-alone scenario (0: skip it)")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     stack = Stack(own_redis=True, partitions=args.partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "WARNING",
-                                                                          "RUNLEDGER_MAX_BODY_BYTES": str(8 * 1024 * 1024)})
+                                                                          "RUNLEDGER_MAX_BODY_BYTES": str(8 * 1024 * 1024),
+                                                                          "RUNLEDGER_LOGS_ENGINE": args.engine})
     try:
         stack.start(services=("transitions", "projector", "ingress", "logs"))
     except Exception:

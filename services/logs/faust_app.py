@@ -120,12 +120,20 @@ def build_app(settings: Settings, lines: "FaustLogLines"):
 
     @app.agent(topic)
     async def store_lines(stream):
-        async for events in stream.take_events(lines.max_records, within=TAKE_WITHIN_SECONDS):
-            batch: dict = defaultdict(list)
-            for event in events:
-                batch[event.message.tp].append(event.message)
-            await lines._handle_riding_out_outages(batch)
-            lines.last_batch_at = time.monotonic()
+        try:
+            async for events in stream.take_events(lines.max_records, within=TAKE_WITHIN_SECONDS):
+                batch: dict = defaultdict(list)
+                for event in events:
+                    batch[event.message.tp].append(event.message)
+                await lines._handle_riding_out_outages(batch)
+                lines.last_batch_at = time.monotonic()
+        except Exception as exc:
+            # Not Faust's agent restart: ``take`` acks a batch's events when its generator closes,
+            # written or not, and the restarted agent would go on after them. The process exits
+            # instead and its successor resumes from the store's saved position (as LogLines does).
+            lines.failure = exc
+            lines.stopping.set()
+            raise
 
     @app.timer(REALIGN_SECONDS)
     async def realign() -> None:
@@ -168,6 +176,7 @@ class FaustLogLines(LogLines):
                 self.stored_upto[p] = saved[p]
 
     app = None
+    failure: BaseException | None = None
 
     async def run(self) -> None:
         await kafka.wait_for_broker(self.settings)
@@ -189,6 +198,8 @@ class FaustLogLines(LogLines):
                     await asyncio.wait_for(self.stopping.wait(), 0.2)
                 except asyncio.TimeoutError:
                     pass
+            if self.failure is not None:
+                raise RuntimeError("the log agent failed") from self.failure
         finally:
             self.assigned = False
             await self.app.stop()
