@@ -60,8 +60,11 @@ def _patch_fetch_wait(fetch_wait_ms: int) -> None:
 def build_app(settings: Settings, lines: "FaustLogLines"):
     """The Faust app of ``lines``: its agent, and a consumer that resumes from the store."""
     kafka.prepare(settings)  # tansu_compat before any client exists
-    import faust
-    from faust.transport.drivers import aiokafka as faust_aiokafka
+    try:
+        import faust
+        from faust.transport.drivers import aiokafka as faust_aiokafka
+    except ImportError as exc:  # the runtime image (requirements.lock) has no Faust
+        raise RuntimeError("RUNLEDGER_LOGS_ENGINE=faust needs faust-streaming: pip install 'runledger[bench]'") from exc
 
     _patch_fetch_wait(settings.effective_fetch_max_wait_ms)
     for name in ("faust", "mode"):
