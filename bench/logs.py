@@ -98,9 +98,10 @@ async def ingest(api: str, runs: list[str], batch: int, seconds: float, conc: in
     async def worker(w: int):
         nonlocal acked, errors
         async with aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(o).decode()) as http:
-            n = 0
+            n = k = 0
             while time.monotonic() < stop_at:
-                run = runs[(w * 7919 + n) % len(runs)]
+                run = runs[(w + k * conc) % len(runs)]  # every run in turn (not one run per writer: the per-run cap)
+                k += 1
                 body = orjson.dumps({"logs": [record(run, task_run, n + i) for i in range(batch)]})
                 t0 = time.perf_counter()
                 async with http.post(f"{api}/logs", data=body, headers={"content-type": "application/json"}) as r:
@@ -291,7 +292,9 @@ def main() -> None:
     args = parser.parse_args()
     stack = Stack(own_redis=True, partitions=args.partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "WARNING",
                                                                           "RUNLEDGER_MAX_BODY_BYTES": str(8 * 1024 * 1024),
-                                                                          "RUNLEDGER_LOGS_ENGINE": args.engine})
+                                                                          "RUNLEDGER_LOGS_ENGINE": args.engine,
+                                                                          # a fast run must not reach the per-run cap
+                                                                          "RUNLEDGER_LOGS_MAX_LINES_PER_RUN": "10000000"})
     try:
         stack.start(services=("transitions", "projector", "ingress", "logs"))
     except Exception:

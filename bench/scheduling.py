@@ -62,7 +62,9 @@ async def agent_loop(http, url, agent_id, label, pending: set[str], seen: dict[s
 
     async def claim(run_id):
         async with sem:
+            sent = time.monotonic()
             body = await gql(http, url, CLAIM, {"input": {"states": [{"flow_run_id": run_id, "version": 1, "state": {"type": "Submitted", "message": "bench agent"}}]}}, agent_id)
+            stats["claim_s"].append(time.monotonic() - sent)
             if body.get("errors"):
                 stats["lost"] += 1
             else:
@@ -104,7 +106,7 @@ async def scenario(http, url, flow_id, agents, runs, window, lead, idle, claim_c
     created = await create_runs(http, api, flow_id, label, starts)
     create_seconds = time.monotonic() - created_at
     pending, seen = set(created), {}
-    stats = {"polls": 0, "claimed": 0, "lost": 0, "poll_s": []}
+    stats = {"polls": 0, "claimed": 0, "lost": 0, "poll_s": [], "claim_s": []}
     stop = asyncio.Event()
     started = time.monotonic()
     loops = [asyncio.create_task(agent_loop(http, url, a, label, pending, seen, stats, idle, claim_conc, stop)) for a in ids]
@@ -121,6 +123,7 @@ async def scenario(http, url, flow_id, agents, runs, window, lead, idle, claim_c
         "claimed": stats["claimed"], "lost_races": stats["lost"], "polls": stats["polls"], "wall": wall,
         "claims_per_s": stats["claimed"] / wall if wall else 0.0,
         "poll_p50": pct(stats["poll_s"], 50), "poll_p99": pct(stats["poll_s"], 99),
+        "claim_p50": pct(stats["claim_s"], 50), "claim_p99": pct(stats["claim_s"], 99),
     }
 
 
@@ -151,10 +154,12 @@ async def run(args) -> None:
             print(f"1. queue delay: {q['measured']} of {q['runs']} runs measured (created in {q['create_seconds']} s), "
                   f"start -> first poll answer p50 {q['p50']*1000:.0f} ms, p99 {q['p99']*1000:.0f} ms, max {q['max']*1000:.0f} ms; "
                   f"{q['claimed']} claimed, {q['lost_races']} lost races, {q['polls']} polls "
-                  f"(poll answer p50 {q['poll_p50']*1000:.0f} ms, p99 {q['poll_p99']*1000:.0f} ms)")
+                  f"(poll answer p50 {q['poll_p50']*1000:.0f} ms, p99 {q['poll_p99']*1000:.0f} ms; "
+                  f"claim answer p50 {q['claim_p50']*1000:.0f} ms, p99 {q['claim_p99']*1000:.0f} ms)")
             c = await scenario(http, url, flow["id"], args.agents, args.claim_runs, 0.0, 0.0, args.idle, args.claim_conc, 300)
             print(f"2. claims: {c['claimed']} of {c['runs']} due runs claimed by {args.agents} agents in {c['wall']:.1f} s = "
-                  f"{c['claims_per_s']:.0f} claims/s ({c['lost_races']} lost races, {c['polls']} polls)")
+                  f"{c['claims_per_s']:.0f} claims/s ({c['lost_races']} lost races, {c['polls']} polls; "
+                  f"claim answer p50 {c['claim_p50']*1000:.0f} ms, p99 {c['claim_p99']*1000:.0f} ms)")
             print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         if stack is not None:

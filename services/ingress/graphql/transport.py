@@ -10,13 +10,15 @@ validate, or one over the document limits) are answered with 400. Every error ca
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import OrderedDict
 
 import orjson
 from ariadne import graphql
 from ariadne.explorer import ExplorerGraphiQL
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
-from graphql import GraphQLError, GraphQLSchema, parse, validate
+from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 
 from runledger.services.ingress.graphql.limits import DocumentLimits, limits_rule
 from runledger.services.ingress.responses import JSONResponse
@@ -42,18 +44,53 @@ def _with_codes(result: dict) -> dict:
     return result
 
 
-def over_limits(schema: GraphQLSchema, query: str, variables: dict | None, limits: DocumentLimits) -> list[dict]:
-    """Errors for a document over the limits, found before the full validation runs: graphql-core's
-    validation has quadratic rules (overlapping fields), so an abusive document must be refused by
-    this linear pass, or it would hold the event loop and every other request with it."""
-    try:
-        document = parse(query, max_tokens=limits.max_tokens)
-    except GraphQLError as exc:
-        if "tokens. Parsing aborted" in exc.message:
-            message = f"the document has more than {limits.max_tokens} tokens (RUNLEDGER_GRAPHQL_MAX_TOKENS)"
-            return [{"message": message, "extensions": {"code": "QUERY_LIMIT_EXCEEDED", "limit": "max_tokens", "maximum": limits.max_tokens}}]
-        return [{**exc.formatted, "extensions": {"code": "GRAPHQL_PARSE_FAILED"}}]
-    return [e.formatted for e in validate(schema, document, rules=[limits_rule(limits, variables)])]
+class CheckedDocuments:
+    """Parse and validate a document, remembering the verdict by its text (a bounded LRU).
+
+    Clients send the same few documents over and over (an agent polls with one document, claims
+    with another), and graphql-core's parse + validation was over a third of the ingress's CPU
+    under agent polls. Validation depends only on the document and the schema, so its verdict is
+    reused; the document limits depend on the request's variables (``limit: $n``) and are checked
+    on every request, before the full validation (which has quadratic rules, so an abusive
+    document must be refused by the linear limits pass first)."""
+
+    def __init__(self, schema: GraphQLSchema, limits: DocumentLimits, size: int = 512, max_cached_chars: int = 32_768) -> None:
+        self.schema, self.limits, self.size, self.max_cached_chars = schema, limits, size, max_cached_chars
+        self._cache: OrderedDict[str, tuple[DocumentNode, list[dict]]] = OrderedDict()
+        self._lock = threading.Lock()  # long documents are checked on worker threads
+
+    def check(self, query: str, variables: dict | None) -> tuple[DocumentNode | None, list[dict]]:
+        """The parsed document, or the errors that refuse it (limits, parse or validation)."""
+        with self._lock:
+            cached = self._cache.get(query)
+            if cached is not None:
+                self._cache.move_to_end(query)
+        if cached is None:
+            try:
+                document = parse(query, max_tokens=self.limits.max_tokens)
+            except GraphQLError as exc:
+                if "tokens. Parsing aborted" in exc.message:
+                    maximum = self.limits.max_tokens
+                    message = f"the document has more than {maximum} tokens (RUNLEDGER_GRAPHQL_MAX_TOKENS)"
+                    return None, [{"message": message, "extensions": {"code": "QUERY_LIMIT_EXCEEDED", "limit": "max_tokens", "maximum": maximum}}]
+                return None, [{**exc.formatted, "extensions": {"code": "GRAPHQL_PARSE_FAILED"}}]
+        else:
+            document = cached[0]
+        if refused := [e.formatted for e in validate(self.schema, document, rules=[limits_rule(self.limits, variables)])]:
+            return None, refused
+        if cached is None:
+            cached = (document, [e.formatted for e in validate(self.schema, document)])
+            if len(query) <= self.max_cached_chars:
+                with self._lock:
+                    self._cache[query] = cached
+                    while len(self._cache) > self.size:
+                        self._cache.popitem(last=False)
+        return (None, cached[1]) if cached[1] else (document, [])
+
+
+def _validated_already(*_args, **_kwargs) -> list:
+    """ariadne's validation step for a document ``CheckedDocuments`` has validated."""
+    return []
 
 
 async def _call(function, *args):
@@ -112,6 +149,8 @@ OPENAPI = {
 
 
 def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
+    documents = CheckedDocuments(schema, limits)
+
     @app.get("/graphql", tags=["graphql"], summary="GraphiQL explorer", response_class=HTMLResponse)
     async def explorer() -> HTMLResponse:
         return HTMLResponse(_explorer)
@@ -134,11 +173,12 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
             return _request_error("operationName: expected a string")
         variables = data.get("variables")
         # A long document is checked on a worker thread, so the event loop keeps serving others.
-        check = (asyncio.to_thread if len(data["query"]) > 4096 else _call)(over_limits, schema, data["query"], variables, limits)
-        if refused := await check:
-            return JSONResponse({"errors": refused}, status_code=400)
+        check = (asyncio.to_thread if len(data["query"]) > 4096 else _call)(documents.check, data["query"], variables)
+        document, refused = await check
+        if refused:
+            return JSONResponse(_with_codes({"errors": refused}), status_code=400)
         context = {"request": request}
-        success, result = await graphql(schema, data, context_value=context)
+        success, result = await graphql(schema, data, context_value=context, query_document=document, query_validator=_validated_already)
         if context.get("extensions"):  # what resolvers report about the read (e.g. a bounded scan)
             result.setdefault("extensions", {}).update(context["extensions"])
         return JSONResponse(_with_codes(result), status_code=200 if success or field_errors_only(result) else 400)
