@@ -46,3 +46,12 @@ def test_the_cache_is_bounded():
     for i in range(10):
         documents.check(f"{{ a{i}: hello }}", None)
     assert len(documents._cache) == 3
+
+
+def test_the_limits_verdict_is_reused_only_when_no_limit_takes_a_variable():
+    documents = CheckedDocuments(schema, DocumentLimits())
+    fixed = 'query($id: String) { flow_run(where: {id: {_eq: $id}}, limit: 3) { id } }'
+    documents.check(fixed, {"id": "x"})
+    documents.check(RUNS, {"n": 1})
+    assert documents._cache[fixed][2] == []  # cannot change with the variables
+    assert documents._cache[RUNS][2] is None  # checked again on every request

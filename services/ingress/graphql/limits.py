@@ -22,10 +22,40 @@ from graphql import (
     OperationDefinitionNode,
     ValidationContext,
     ValidationRule,
+    VariableNode,
+    Visitor,
     value_from_ast_untyped,
+    visit,
 )
 
 CODE = "QUERY_LIMIT_EXCEEDED"
+
+
+class _LimitVariables(Visitor):
+    found = False
+
+    def enter_argument(self, node, *_):
+        if node.name.value == "limit":
+            visit(node.value, _AnyVariable(self))
+        return self.SKIP
+
+
+class _AnyVariable(Visitor):
+    def __init__(self, outer: _LimitVariables) -> None:
+        super().__init__()
+        self.outer = outer
+
+    def enter_variable(self, node: VariableNode, *_):
+        self.outer.found = True
+        return self.BREAK
+
+
+def depends_on_variables(document) -> bool:
+    """Whether the limits verdict for ``document`` can change with the request's variables: only
+    a ``limit`` argument's value is read from them."""
+    visitor = _LimitVariables()
+    visit(document, visitor)
+    return visitor.found
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 
-from runledger.services.ingress.graphql.limits import DocumentLimits, limits_rule
+from runledger.services.ingress.graphql.limits import DocumentLimits, depends_on_variables, limits_rule
 from runledger.services.ingress.responses import JSONResponse
 
 _explorer = ExplorerGraphiQL(title="RunLedger GraphQL").html(None)
@@ -50,13 +50,15 @@ class CheckedDocuments:
     Clients send the same few documents over and over (an agent polls with one document, claims
     with another), and graphql-core's parse + validation was over a third of the ingress's CPU
     under agent polls. Validation depends only on the document and the schema, so its verdict is
-    reused; the document limits depend on the request's variables (``limit: $n``) and are checked
-    on every request, before the full validation (which has quadratic rules, so an abusive
-    document must be refused by the linear limits pass first)."""
+    reused. The limits verdict is reused too unless a ``limit`` argument takes a variable (then it
+    is checked on every request with its variables); on a first sight the limits are checked
+    before the full validation, which has quadratic rules, so an abusive document is refused by
+    the linear limits pass first."""
 
     def __init__(self, schema: GraphQLSchema, limits: DocumentLimits, size: int = 512, max_cached_chars: int = 32_768) -> None:
         self.schema, self.limits, self.size, self.max_cached_chars = schema, limits, size, max_cached_chars
-        self._cache: OrderedDict[str, tuple[DocumentNode, list[dict]]] = OrderedDict()
+        # text -> (document, validation errors, limits errors when they cannot depend on variables)
+        self._cache: OrderedDict[str, tuple[DocumentNode, list[dict], list[dict] | None]] = OrderedDict()
         self._lock = threading.Lock()  # long documents are checked on worker threads
 
     def check(self, query: str, variables: dict | None) -> tuple[DocumentNode | None, list[dict]]:
@@ -76,16 +78,21 @@ class CheckedDocuments:
                 return None, [{**exc.formatted, "extensions": {"code": "GRAPHQL_PARSE_FAILED"}}]
         else:
             document = cached[0]
-        if refused := [e.formatted for e in validate(self.schema, document, rules=[limits_rule(self.limits, variables)])]:
+        refused = cached[2] if cached is not None and cached[2] is not None else self._over_limits(document, variables)
+        if refused:
             return None, refused
         if cached is None:
-            cached = (document, [e.formatted for e in validate(self.schema, document)])
+            fixed_limits = None if depends_on_variables(document) else refused
+            cached = (document, [e.formatted for e in validate(self.schema, document)], fixed_limits)
             if len(query) <= self.max_cached_chars:
                 with self._lock:
                     self._cache[query] = cached
                     while len(self._cache) > self.size:
                         self._cache.popitem(last=False)
         return (None, cached[1]) if cached[1] else (document, [])
+
+    def _over_limits(self, document: DocumentNode, variables: dict | None) -> list[dict]:
+        return [e.formatted for e in validate(self.schema, document, rules=[limits_rule(self.limits, variables)])]
 
 
 def _validated_already(*_args, **_kwargs) -> list:
