@@ -149,6 +149,13 @@ class ReadModels:
         probe = [self.k.task_run_in(p, i) for i in task_run_ids for p in range(self.k.partitions)]
         return await self._many(probe)
 
+    async def task_run_artifacts(self, artifact_ids: list[str], flow_run_id: str | None = None) -> list[Doc]:
+        """Task-run artifacts by id (deleted ones included, marked ``deleted``); without their flow
+        run's id every partition is probed, as for task runs."""
+        if flow_run_id is not None:
+            return await self._many([self.k.task_run_artifact(i, flow_run_id) for i in artifact_ids])
+        return await self._many([self.k.task_run_artifact_in(p, i) for i in artifact_ids for p in range(self.k.partitions)])
+
     # -- index walks -------------------------------------------------------------------------
     def _streams(self, plan: Plan) -> list[tuple[str, int]]:
         """The sorted sets a plan reads, with their partitions."""

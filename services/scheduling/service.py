@@ -31,6 +31,7 @@ from runledger.domain.scheduling import (
     labelset_id,
     recovery_for,
 )
+from runledger.domain.registry import extended
 from runledger.domain.states import StateType, is_finished
 from runledger.messages import events as e
 from runledger.messages.codec import decode_event
@@ -91,14 +92,24 @@ class Registry:
                 self.flows[flow.id] = flow
                 self.archived.update(archived)
                 stopped += archived
+                if payload.schedule_active is not None:  # the registration's set_schedule_active
+                    stopped += self._group_changed(flow.version_group_id, {"schedule_active": payload.schedule_active})
             case e.FlowGroupUpdated(flow_group_id=gid, changes=changes):
-                group = self.groups.setdefault(gid, {})
-                if changes.get("schedule_active") is True and group.get("schedule_active") is False:
-                    self.epochs[gid] = self.epochs.get(gid, 0) + 1
-                group.update(changes)
-                if changes.get("schedule_active") is False:
-                    stopped += [f.id for f in self.flows.values() if f.version_group_id == gid]
+                stopped += self._group_changed(gid, changes)
+            case e.FlowTasksRegistered() | e.FlowEdgesRegistered():  # Client.register()'s tasks, after the flow
+                flow = self.flows.get(payload.flow_id)
+                if flow is not None:
+                    self.flows[flow.id] = extended(flow, payload)
         return stopped
+
+    def _group_changed(self, gid: str, changes: dict) -> list[str]:
+        group = self.groups.setdefault(gid, {})
+        if changes.get("schedule_active") is True and group.get("schedule_active") is False:
+            self.epochs[gid] = self.epochs.get(gid, 0) + 1
+        group.update(changes)
+        if changes.get("schedule_active") is False:
+            return [f.id for f in self.flows.values() if f.version_group_id == gid]
+        return []
 
     def settings_of(self, group_id: str) -> GroupSettings:
         s = (self.groups.get(group_id) or {}).get("settings") or {}

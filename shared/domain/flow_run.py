@@ -40,6 +40,7 @@ class FlowRun:
     name: str = ""
     task_runs: dict[str, TaskRunRecord] = field(default_factory=dict)
     task_run_by_key: dict[tuple[str, int], str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # live artifact id -> its task run id
 
     @property
     def exists(self) -> bool:
@@ -68,7 +69,11 @@ class FlowRun:
                 self.name = name
             case e.TaskRunRenamed(task_run_id=tr_id, name=name):
                 self.task_runs[tr_id].name = name
-            case e.FlowRunHeartbeatRecorded() | e.TaskRunHeartbeatRecorded() | e.VerdictRecorded():
+            case e.TaskRunArtifactCreated(artifact_id=aid, task_run_id=tr_id):
+                self.artifacts[aid] = tr_id
+            case e.TaskRunArtifactDeleted(artifact_id=aid):
+                self.artifacts.pop(aid, None)
+            case e.FlowRunHeartbeatRecorded() | e.TaskRunHeartbeatRecorded() | e.VerdictRecorded() | e.TaskRunArtifactUpdated():
                 pass
             case _:
                 raise TypeError(f"not a flow-run event: {event!r}")
@@ -100,6 +105,8 @@ class FlowRun:
                 if tr_id not in self.task_runs:
                     return not_found("task run", tr_id, "task_run_id")
                 return Accepted([e.TaskRunHeartbeatRecorded(task_run_id=tr_id)], {"task_run_id": tr_id})
+            case c.CreateTaskRunArtifact() | c.UpdateTaskRunArtifact() | c.DeleteTaskRunArtifact():
+                return self._artifact(command)
         raise TypeError(f"not a flow-run command: {command!r}")
 
     def summary(self) -> dict:
@@ -176,6 +183,26 @@ class FlowRun:
                 [], {"task_run_id": existing, "version": record.version, "state": record.state.type.value, "created": False}
             )
         return Accepted([_task_run_created(planned)], {"task_run_id": planned.task_run_id, "version": 0, "state": "Pending", "created": True})
+
+    def _artifact(self, command) -> Decision:
+        """Artifacts are facts about a task run, kept in its flow run's log: created once (a repeat
+        of the same id is a no-op), updated (data replaced) or deleted while they exist."""
+        aid = command.artifact_id
+        if isinstance(command, c.CreateTaskRunArtifact):
+            if command.task_run_id not in self.task_runs:
+                return not_found("task run", command.task_run_id, "task_run_id")
+            outcome = {"artifact_id": aid, "task_run_id": command.task_run_id, "flow_run_id": self.id}
+            if aid in self.artifacts:
+                return Accepted([], {**outcome, "created": False})
+            event = e.TaskRunArtifactCreated(artifact_id=aid, task_run_id=command.task_run_id, kind=command.kind, data=command.data)
+            return Accepted([event], {**outcome, "created": True})
+        task_run_id = self.artifacts.get(aid)
+        if task_run_id is None:
+            return not_found("task run artifact", aid, "task_run_artifact_id")
+        outcome = {"artifact_id": aid, "task_run_id": task_run_id, "flow_run_id": self.id}
+        if isinstance(command, c.UpdateTaskRunArtifact):
+            return Accepted([e.TaskRunArtifactUpdated(artifact_id=aid, task_run_id=task_run_id, data=command.data)], outcome)
+        return Accepted([e.TaskRunArtifactDeleted(artifact_id=aid, task_run_id=task_run_id)], outcome)
 
 
 def _task_run_created(planned: PlannedTaskRun) -> e.TaskRunCreated:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from runledger.domain.flow_run import FlowRun, TaskRunRecord
 from runledger.domain.ledger import Aggregate, Ledger
-from runledger.domain.registry import FlowGroup, Registry
+from runledger.domain.registry import FlowGroup, FlowShape, Registry
 from runledger.domain.states import State
 from runledger.messages.models import FlowRunSpec
 from runledger.topics import REGISTRY_AGGREGATE
@@ -71,6 +71,7 @@ class FlowRunDoc(_Doc):
     name: str
     task_runs: list[TaskRunDoc]
     task_run_by_key: list[tuple[str, int, str]]  # task id, map index, task run id
+    artifacts: dict[str, str] = {}  # artifact id -> task run id (absent from older snapshots)
 
 
 class FlowGroupDoc(_Doc):
@@ -80,6 +81,13 @@ class FlowGroupDoc(_Doc):
     flow_ids: list[str]
     max_version: int
     last_idempotency_key: str | None
+    schedule_active: bool | None = None
+
+
+class FlowShapeDoc(_Doc):
+    open: bool
+    tasks: dict[str, str]
+    edges: dict[str, bool]
 
 
 class RegistryDoc(_Doc):
@@ -89,6 +97,7 @@ class RegistryDoc(_Doc):
     archived: dict[str, bool]
     groups: list[FlowGroupDoc]
     group_by_name: list[tuple[str, str, str]]  # project id, flow name, group id
+    shapes: dict[str, FlowShapeDoc] = {}  # absent from snapshots made before flows had shapes
 
 
 
@@ -116,6 +125,7 @@ def _encode_aggregate(agg: FlowRun | Registry) -> bytes:
                 "archived": agg.archived,
                 "groups": [vars(g) for g in agg.groups.values()],
                 "group_by_name": [[p, n, g] for (p, n), g in agg.group_by_name.items()],
+                "shapes": {fid: vars(shape) for fid, shape in agg.shapes.items()},
             }
         )
     return orjson.dumps(
@@ -138,6 +148,7 @@ def _encode_aggregate(agg: FlowRun | Registry) -> bytes:
                 for r in agg.task_runs.values()
             ],
             "task_run_by_key": [[t, i, r] for (t, i), r in agg.task_run_by_key.items()],
+            **({"artifacts": agg.artifacts} if agg.artifacts else {}),
         }
     )
 
@@ -330,6 +341,7 @@ def _flow_run(doc: FlowRunDoc) -> FlowRun:
     for r in doc.task_runs:
         run.task_runs[r.id] = TaskRunRecord(r.id, r.task_id, r.map_index, r.state, r.version, r.name)
     run.task_run_by_key = {(t, i): r for t, i, r in doc.task_run_by_key}
+    run.artifacts = dict(doc.artifacts)
     return run
 
 
@@ -340,7 +352,9 @@ def _registry(doc: RegistryDoc) -> Registry:
         project_by_name=doc.project_by_name,
         archived=doc.archived,
         groups={
-            g.id: FlowGroup(g.id, g.project_id, g.name, g.flow_ids, g.max_version, g.last_idempotency_key) for g in doc.groups
+            g.id: FlowGroup(g.id, g.project_id, g.name, g.flow_ids, g.max_version, g.last_idempotency_key, g.schedule_active)
+            for g in doc.groups
         },
         group_by_name={(p, n): g for p, n, g in doc.group_by_name},
+        shapes={fid: FlowShape(d.open, d.tasks, d.edges) for fid, d in doc.shapes.items()},
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from runledger.domain.states import State
-from runledger.messages.models import FlowDefinition, FlowRunSpec, PlannedTaskRun
+from runledger.messages.models import EdgeSpec, FlowDefinition, FlowRunSpec, PlannedTaskRun, TaskSpec, WireJson
 
 SCHEMA_VERSION = 1
 
@@ -29,6 +29,12 @@ class RegisterFlow(_Command):
     # ``flow.version`` and ``flow.version_group_id`` are proposals; the writer decides them.
     flow: FlowDefinition
     explicit_version_group: bool = False
+    # ``Client.register()`` sends the flow without its tasks and adds them with ``RegisterTasks``
+    # and ``RegisterEdges``; such a flow is registered open to those additions.
+    tasks_follow: bool = False
+    # The flow group's schedule switch this registration asks for (Prefect's
+    # ``set_schedule_active``); None leaves it as it is.
+    schedule_active: bool | None = None
 
 
 class UpdateFlowGroup(_Command):
@@ -85,6 +91,42 @@ class RecordTaskRunHeartbeat(_Command):
     task_run_id: str
 
 
+# --- Client.register()'s tasks and edges; task-run artifacts (issue 9) -----------------------------
+class RegisterTasks(_Command):
+    """Tasks added to a flow registered open (``register_tasks``); ids derived from the slugs."""
+
+    type: Literal["RegisterTasks"] = "RegisterTasks"
+    flow_id: str
+    tasks: list[TaskSpec]
+
+
+class RegisterEdges(_Command):
+    """Edges added to a flow registered open (``register_edges``), between its registered tasks."""
+
+    type: Literal["RegisterEdges"] = "RegisterEdges"
+    flow_id: str
+    edges: list[EdgeSpec]
+
+
+class CreateTaskRunArtifact(_Command):
+    type: Literal["CreateTaskRunArtifact"] = "CreateTaskRunArtifact"
+    artifact_id: str
+    task_run_id: str
+    kind: str
+    data: WireJson = None
+
+
+class UpdateTaskRunArtifact(_Command):
+    type: Literal["UpdateTaskRunArtifact"] = "UpdateTaskRunArtifact"
+    artifact_id: str
+    data: WireJson = None
+
+
+class DeleteTaskRunArtifact(_Command):
+    type: Literal["DeleteTaskRunArtifact"] = "DeleteTaskRunArtifact"
+    artifact_id: str
+
+
 CommandPayload = Annotated[
     Union[
         CreateProject,
@@ -99,6 +141,11 @@ CommandPayload = Annotated[
         GetOrCreateTaskRun,
         RecordFlowRunHeartbeat,
         RecordTaskRunHeartbeat,
+        RegisterTasks,
+        RegisterEdges,
+        CreateTaskRunArtifact,
+        UpdateTaskRunArtifact,
+        DeleteTaskRunArtifact,
     ],
     Field(discriminator="type"),
 ]

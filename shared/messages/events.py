@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runledger.domain.states import State
 from runledger.messages.commands import Rejection
-from runledger.messages.models import FlowDefinition, FlowRunSpec
+from runledger.messages.models import EdgeSpec, FlowDefinition, FlowRunSpec, TaskSpec, WireJson
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +85,11 @@ class FlowRegistered(_Event):
     type: Literal["FlowRegistered"] = "FlowRegistered"
     flow: FlowDefinition
     archived_flow_ids: list[str] = Field(default_factory=list)
+    # Registered without its tasks (``Client.register()``): open to FlowTasksRegistered /
+    # FlowEdgesRegistered. And the flow group's schedule switch as of this registration (None:
+    # unchanged), in this same event so no reader ever sees the flow with the switch it replaced.
+    tasks_follow: bool = False
+    schedule_active: bool | None = None
 
 
 class FlowGroupUpdated(_Event):
@@ -92,6 +97,44 @@ class FlowGroupUpdated(_Event):
     flow_group_id: str
     # Only the fields present in ``changes`` are updated; a null value clears the setting.
     changes: dict[str, Any]
+
+
+# --- Client.register()'s tasks and edges; task-run artifacts (issue 9) -----------------------------
+class FlowTasksRegistered(_Event):
+    """Registry: tasks added to a flow registered open (only the new ones; never changed after)."""
+
+    type: Literal["FlowTasksRegistered"] = "FlowTasksRegistered"
+    flow_id: str
+    tasks: list[TaskSpec]
+
+
+class FlowEdgesRegistered(_Event):
+    type: Literal["FlowEdgesRegistered"] = "FlowEdgesRegistered"
+    flow_id: str
+    edges: list[EdgeSpec]
+
+
+class TaskRunArtifactCreated(_Event):
+    """Flow run: an artifact of one of its task runs (Prefect's ``create_task_run_artifact``)."""
+
+    type: Literal["TaskRunArtifactCreated"] = "TaskRunArtifactCreated"
+    artifact_id: str
+    task_run_id: str
+    kind: str
+    data: WireJson = None
+
+
+class TaskRunArtifactUpdated(_Event):
+    type: Literal["TaskRunArtifactUpdated"] = "TaskRunArtifactUpdated"
+    artifact_id: str
+    task_run_id: str
+    data: WireJson = None
+
+
+class TaskRunArtifactDeleted(_Event):
+    type: Literal["TaskRunArtifactDeleted"] = "TaskRunArtifactDeleted"
+    artifact_id: str
+    task_run_id: str
 
 
 # --- any aggregate --------------------------------------------------------------------------
@@ -120,6 +163,11 @@ EventPayload = Annotated[
         ProjectCreated,
         FlowRegistered,
         FlowGroupUpdated,
+        FlowTasksRegistered,
+        FlowEdgesRegistered,
+        TaskRunArtifactCreated,
+        TaskRunArtifactUpdated,
+        TaskRunArtifactDeleted,
     ],
     Field(discriminator="type"),
 ]

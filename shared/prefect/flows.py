@@ -5,6 +5,10 @@ base64(gzip(json(flow.serialize()))), tasks and edges inside. As Prefect Server 
 assigns task ids (a serialized task carries only its ``slug``; edges name their tasks by slug), and
 a task is ``mapped`` when an edge into it is. The whole serialized flow is kept too: the client
 reads it back (``FlowView.serialized_flow``).
+
+``Client.register()`` (``flow.register()``) takes ``tasks`` and ``edges`` out of the serialized
+flow and sends them afterwards (``register_tasks`` / ``register_edges``, in batches of 500):
+``serialized_tasks`` / ``serialized_edges`` parse those batches the same way.
 """
 
 from __future__ import annotations
@@ -83,45 +87,38 @@ def _build(model, where: str, **fields: Any):
         raise SerializedFlowError(f"{loc}: {first['msg']}") from None
 
 
-def flow_definition(
-    serialized: dict[str, Any],
-    *,
-    flow_id: str,
-    project_id: str,
-    version_group_id: str,
-    idempotency_key: str | None = None,
-    description: str | None = None,
-) -> FlowDefinition:
-    """The definition a serialized flow registers (``version`` 0: the writer decides it)."""
-    name = serialized.get("name")
-    if not isinstance(name, str) or not name:
-        raise SerializedFlowError("serialized_flow.name: a flow needs a name")
-    tasks_in = serialized.get("tasks") or []
-    edges_in = serialized.get("edges") or []
-    if not isinstance(tasks_in, list) or not isinstance(edges_in, list):
-        raise SerializedFlowError("serialized_flow: tasks and edges must be lists")
+def _edges(edges_in: Any, where: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(upstream slug, downstream slug, the serialized edge) for each edge."""
+    if not isinstance(edges_in, list):
+        raise SerializedFlowError(f"{where}: expected a list of edges")
     edges = []
     for i, edge in enumerate(edges_in):
         if not isinstance(edge, dict):
-            raise SerializedFlowError(f"serialized_flow.edges.{i}: expected an object")
-        edges.append((_slug(edge.get("upstream_task"), f"serialized_flow.edges.{i}.upstream_task"),
-                      _slug(edge.get("downstream_task"), f"serialized_flow.edges.{i}.downstream_task"), edge))
-    mapped = {down for _, down, edge in edges if edge.get("mapped")}
-    ids: dict[str, str] = {}
+            raise SerializedFlowError(f"{where}.{i}: expected an object")
+        edges.append((_slug(edge.get("upstream_task"), f"{where}.{i}.upstream_task"),
+                      _slug(edge.get("downstream_task"), f"{where}.{i}.downstream_task"), edge))
+    return edges
+
+
+def _tasks(tasks_in: Any, flow_id: str, mapped: set[str], where: str) -> list[TaskSpec]:
+    """The task specs of serialized tasks, their ids derived from ``flow_id`` and their slugs."""
+    if not isinstance(tasks_in, list):
+        raise SerializedFlowError(f"{where}: expected a list of tasks")
+    seen: set[str] = set()
+    tasks = []
     try:
-        tasks = []
         for i, task in enumerate(tasks_in):
             if not isinstance(task, dict):
-                raise SerializedFlowError(f"serialized_flow.tasks.{i}: expected an object")
-            slug = _slug(task, f"serialized_flow.tasks.{i}")
-            if slug in ids:
-                raise SerializedFlowError(f"serialized_flow.tasks: duplicate slug {slug!r}")
-            ids[slug] = task_id_for(flow_id, slug)
+                raise SerializedFlowError(f"{where}.{i}: expected an object")
+            slug = _slug(task, f"{where}.{i}")
+            if slug in seen:
+                raise SerializedFlowError(f"{where}: duplicate slug {slug!r}")
+            seen.add(slug)
             tasks.append(
                 _build(
                     TaskSpec,
-                    f"serialized_flow.tasks.{i}",
-                    id=ids[slug],
+                    f"{where}.{i}",
+                    id=task_id_for(flow_id, slug),
                     slug=slug,
                     name=task.get("name") or "",
                     tags=sorted(task.get("tags") or []),
@@ -132,10 +129,57 @@ def flow_definition(
                     type=task.get("type"),
                 )
             )
-        for up, down, _ in edges:
-            for slug in (up, down):
-                if slug not in ids:
-                    raise SerializedFlowError(f"serialized_flow.edges: unknown task slug {slug!r}")
+    except SerializedFlowError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong shape
+        raise SerializedFlowError(f"{where}: {exc}") from None
+    return tasks
+
+
+def _edge_spec(flow_id: str, up: str, down: str, edge: dict[str, Any], where: str) -> EdgeSpec:
+    key = edge.get("key")
+    if key is not None and not isinstance(key, str):
+        raise SerializedFlowError(f"{where}.key: must be a string")
+    return EdgeSpec(upstream_task_id=task_id_for(flow_id, up), downstream_task_id=task_id_for(flow_id, down), key=key,
+                    mapped=bool(edge.get("mapped")))
+
+
+def serialized_tasks(value: Any, flow_id: str) -> list[TaskSpec]:
+    """``register_tasks``'s ``serialized_tasks`` (``Client.register()`` sends the flow's tasks in
+    batches after the flow itself) as task specs of flow ``flow_id``. ``mapped`` is left false:
+    it follows from the edges, which come after the tasks."""
+    return _tasks(value, flow_id, set(), "serialized_tasks")
+
+
+def serialized_edges(value: Any, flow_id: str) -> list[tuple[str, str, EdgeSpec]]:
+    """``register_edges``'s ``serialized_edges`` as (upstream slug, downstream slug, edge spec)."""
+    return [(up, down, _edge_spec(flow_id, up, down, edge, f"serialized_edges.{i}"))
+            for i, (up, down, edge) in enumerate(_edges(value, "serialized_edges"))]
+
+
+def flow_definition(
+    serialized: dict[str, Any],
+    *,
+    flow_id: str,
+    project_id: str,
+    version_group_id: str,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+) -> FlowDefinition:
+    """The definition a serialized flow registers (``version`` 0: the writer decides it). Without
+    ``tasks`` (``Client.register()`` sends them later) it has no tasks and no edges yet."""
+    name = serialized.get("name")
+    if not isinstance(name, str) or not name:
+        raise SerializedFlowError("serialized_flow.name: a flow needs a name")
+    edges = _edges(serialized.get("edges") or [], "serialized_flow.edges")
+    mapped = {down for _, down, edge in edges if edge.get("mapped")}
+    tasks = _tasks(serialized.get("tasks") or [], flow_id, mapped, "serialized_flow.tasks")
+    slugs = {t.slug for t in tasks}
+    for up, down, _ in edges:
+        for slug in (up, down):
+            if slug not in slugs:
+                raise SerializedFlowError(f"serialized_flow.edges: unknown task slug {slug!r}")
+    try:
         parameters = [
             _build(ParameterSpec, f"serialized_flow.parameters.{i}", name=p.get("name") or p.get("slug"), default=p.get("default"),
                    required=bool(p.get("required")))
@@ -156,10 +200,7 @@ def flow_definition(
             schedule=serialized.get("schedule"),
             core_version=serialized.get("__version__"),
             tasks=tasks,
-            edges=[
-                EdgeSpec(upstream_task_id=ids[up], downstream_task_id=ids[down], key=edge.get("key"), mapped=bool(edge.get("mapped")))
-                for up, down, edge in edges
-            ],
+            edges=[_edge_spec(flow_id, up, down, edge, f"serialized_flow.edges.{i}") for i, (up, down, edge) in enumerate(edges)],
             idempotency_key=idempotency_key,
             serialized_flow=serialized,
             environment=serialized.get("environment"),

@@ -53,6 +53,13 @@ class Keys:
     def task_run_in(self, partition: int, task_run_id: str) -> str:
         return f"{self._tags[partition]}:task_run:{task_run_id}"
 
+    def task_run_artifact(self, artifact_id: str, flow_run_id: str) -> str:
+        """An artifact lives in its task run's flow run's slot (its events are that run's)."""
+        return self.task_run_artifact_in(self.partition(flow_run_id), artifact_id)
+
+    def task_run_artifact_in(self, partition: int, artifact_id: str) -> str:
+        return f"{self._tags[partition]}:task_run_artifact:{artifact_id}"
+
     # -- the registry aggregate (one slot) -----------------------------------------------------
     def project(self, project_id: str) -> str:
         return f"{self._reg}:project:{project_id}"

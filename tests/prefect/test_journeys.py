@@ -202,21 +202,3 @@ def test_a_flow_run_executed_by_the_cloud_flow_runner(prefect, flow_file):
     assert seen["states"] == ["Scheduled", "Running", "Success"]
     assert seen["result"] == seen["again"] == "HELLO MARVIN"
     assert seen["all"] == [["say_hello-1", "Success"], ["shout-1", "Success"], ["who", "Success"]]
-
-
-def test_flow_register_is_refused_before_anything_is_registered(prefect, flow_file):
-    """``flow.register()`` sends the tasks after the flow (``register_tasks``); RunLedger takes a flow
-    with its tasks only, so it says so up front instead of registering a flow without tasks."""
-    project = unique("demo")
-    prefect.cli("create", "project", project).check()
-    result = prefect.python(
-        f"""
-        import runpy
-        flow = runpy.run_path("{flow_file}")["flow"]
-        flow.register(project_name="{project}", build=False)
-        """
-    )
-    assert result.returncode != 0 and "serialized_flow has no tasks" in result.output and "prefect register -p" in result.output
-    query = '{ flow(where: {project: {name: {_eq: "%s"}}}) { id } }' % project
-    flows = last_json(prefect.python(f"import json, prefect; print(json.dumps(prefect.Client().graphql({query!r}).data.flow))"))
-    assert flows == []

@@ -21,12 +21,12 @@ from ariadne import QueryType, make_executable_schema
 from fastapi import FastAPI
 
 from runledger.services.ingress.graphql import flow_runs, flows, logs, projects, task_runs, transport
-from runledger.services.ingress.graphql import registration, tenants  # the Prefect 1.x client's extras
+from runledger.services.ingress.graphql import artifacts, registration, tenants  # the Prefect 1.x client's extras
 from runledger.services.ingress.graphql import agents, concurrency_limits, schedules  # scheduling
 from runledger.services.ingress.graphql.coercion import json_scalar
 from runledger.services.ingress.graphql.limits import DocumentLimits
 
-RESOURCES = (projects, flows, flow_runs, task_runs, logs, tenants, registration, agents, concurrency_limits, schedules)
+RESOURCES = (projects, flows, flow_runs, task_runs, logs, tenants, registration, artifacts, agents, concurrency_limits, schedules)
 
 base_query = QueryType()
 

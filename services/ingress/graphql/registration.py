@@ -2,15 +2,27 @@
 
 ``create_flow_from_compressed_string`` (``prefect register``; ``flow.register()``) and
 ``create_flow`` take a serialized flow (``runledger.prefect.flows`` turns it into a
-``FlowDefinition``: task ids assigned here from the slugs, the serialized flow kept whole) and send
-``RegisterFlow`` to the registry aggregate, which decides as Prefect Server does: a new version
-(max + 1) in the version group of the same name in the project, older versions archived; the same
-idempotency key as the group's last registration, with an unarchived version, answers that
-version's id (the CLI then prints "Skipped"). ``set_schedule_active`` is accepted; RunLedger has
-no scheduler for flow schedules yet. A serialized flow without ``tasks`` (``Client.register()``
-sends them afterwards with ``register_tasks``) is refused: a registered flow never changes here.
+``FlowDefinition``: task ids derived from the flow id and the slugs, the serialized flow kept
+whole) and send ``RegisterFlow`` to the registry aggregate, which decides as Prefect Server does:
+a new version (max + 1) in the version group of the same name in the project, older versions
+archived; the same idempotency key as the group's last registration, with an unarchived version,
+answers that version's id (the CLI then prints "Skipped").
 
-``flow { settings serialized_flow environment flow_group { ... } }`` extend the ``flow`` type.
+``flow.register()`` / ``Client.register()`` send the flow without ``tasks`` and ``edges`` and
+add them afterwards with ``register_tasks`` and ``register_edges`` (batches of 500). Such a flow
+is registered *open* (``tasks_follow``): each batch is a ``RegisterTasks`` / ``RegisterEdges``
+command to the registry, which appends what is new and never changes what it has (a repeat is a
+no-op; another definition for a registered slug or edge is refused; see
+``runledger.domain.registry``). A flow registered with its tasks accepts only what it has.
+
+``set_schedule_active`` (input of the create mutations, default true as in Prefect Server) is the
+flow group's schedule switch, set by the same event that registers the flow: ``Client.register()``
+registers with false (no run is scheduled before the tasks are in) and then calls the mutation
+``set_schedule_active`` (``graphql/schedules.py``), which flips the same switch; the scheduling
+service (``services/scheduling/schedules.py``) creates the runs of an active schedule.
+
+``flow { settings }`` and ``flow_group { settings }`` are the flow group's settings (changed by
+``PATCH /api/v1/flow_groups/{id}/settings``) over Prefect Server's defaults.
 """
 
 from __future__ import annotations
@@ -23,20 +35,22 @@ from ariadne import MutationType, ObjectType, QueryType
 from runledger.domain.registry import FLOW_GROUP_SETTINGS
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.messages import commands as c
-from runledger.prefect.flows import SerializedFlowError, decompress, flow_definition
+from runledger.prefect.flows import SerializedFlowError, decompress, flow_definition, serialized_edges, serialized_tasks
 from runledger.services.ingress.application import _ok, public
 from runledger.services.ingress.graphql.coercion import json_object
 from runledger.services.ingress.graphql.errors import error, translate_errors
 from runledger.services.ingress.graphql.views import app_of, task_run_view
 from runledger.topics import REGISTRY_AGGREGATE
 
-query, mutation, flow_type = QueryType(), MutationType(), ObjectType("flow")
+query, mutation, flow_type, flow_group_type = QueryType(), MutationType(), ObjectType("flow"), ObjectType("flow_group")
 
-NO_TASKS = (
-    "serialized_flow has no tasks: RunLedger registers a flow with its tasks and edges inside, as `prefect register` "
-    "sends them; flow.register() / Client.register() send them in later calls (register_tasks, register_edges), "
-    "which RunLedger does not support yet. Use `prefect register -p <file> --project <name>`."
-)
+# Client.register() sends 500 tasks or edges per call.
+MAX_BATCH_ITEMS = 1000
+
+
+def group_settings(group: dict | None) -> dict:
+    """A flow group's settings as Prefect reads them: its own over Prefect Server's defaults."""
+    return {**FLOW_GROUP_SETTINGS, **((group or {}).get("settings") or {})}
 
 
 async def _register(info, serialized: dict, input: dict) -> dict:
@@ -44,8 +58,6 @@ async def _register(info, serialized: dict, input: dict) -> dict:
     project_id = input["project_id"]
     if await app.read.project(project_id) is None:
         raise RequestError(404, [FieldError(("input", "project_id"), f"no project with id {project_id}", "not_found")])
-    if "tasks" not in serialized:  # Client.register() takes them out to send them with register_tasks
-        raise error(NO_TASKS, "BAD_USER_INPUT", field="serialized_flow")
     group_id = input.get("version_group_id")
     try:
         definition = flow_definition(
@@ -58,7 +70,13 @@ async def _register(info, serialized: dict, input: dict) -> dict:
         )
     except SerializedFlowError as exc:
         raise error(str(exc), "BAD_USER_INPUT", field="serialized_flow") from None
-    command = c.RegisterFlow(flow=definition, explicit_version_group=group_id is not None)
+    active = input.get("set_schedule_active")
+    command = c.RegisterFlow(
+        flow=definition,
+        explicit_version_group=group_id is not None,
+        tasks_follow="tasks" not in serialized,  # Client.register() sends them with register_tasks
+        schedule_active=True if active is None else bool(active),
+    )
     outcome = _ok(await app.bus.send(REGISTRY_AGGREGATE, command))
     return {"id": outcome["flow_id"]}
 
@@ -83,16 +101,85 @@ async def resolve_create_flow(_, info, input):
     return await _register(info, serialized, input)
 
 
+# -- Client.register(): the tasks and edges, after the flow --------------------------------------
+async def _batch(info, input: dict, field: str) -> tuple[dict, list]:
+    """The flow the batch is for (from the read model) and the batch, checked for size."""
+    app = app_of(info)
+    flow_id = input["flow_id"]
+    flow = await app.read.flow(flow_id)
+    if flow is None:
+        raise RequestError(404, [FieldError(("input", "flow_id"), f"no flow with id {flow_id}", "not_found")])
+    batch = input.get(field)
+    if isinstance(batch, str):  # JSON sent as a string
+        try:
+            batch = orjson.loads(batch)
+        except orjson.JSONDecodeError:
+            raise error(f"{field}: not JSON", "BAD_USER_INPUT", field=field) from None
+    if not isinstance(batch, list):
+        raise error(f"{field}: expected a list", "BAD_USER_INPUT", field=field)
+    limit = app.settings.max_body_bytes
+    try:
+        size = len(orjson.dumps(batch))
+    except orjson.JSONEncodeError as exc:
+        raise error(f"{field}: cannot be stored as JSON ({exc})", "BAD_USER_INPUT", field=field) from None
+    if len(batch) > MAX_BATCH_ITEMS or size > limit:
+        raise error(f"{field}: at most {MAX_BATCH_ITEMS} items and {limit} bytes of JSON per call", "BAD_USER_INPUT", field=field)
+    return flow, batch
+
+
+@mutation.field("register_tasks")
+@translate_errors
+async def resolve_register_tasks(_, info, input):
+    flow, batch = await _batch(info, input, "serialized_tasks")
+    try:
+        tasks = serialized_tasks(batch, flow["id"])
+    except SerializedFlowError as exc:
+        raise error(str(exc), "BAD_USER_INPUT", field="serialized_tasks") from None
+    if tasks:  # Client.register() may send an empty last batch
+        _ok(await app_of(info).bus.send(REGISTRY_AGGREGATE, c.RegisterTasks(flow_id=flow["id"], tasks=tasks)))
+    return {"success": True}
+
+
+@mutation.field("register_edges")
+@translate_errors
+async def resolve_register_edges(_, info, input):
+    flow, batch = await _batch(info, input, "serialized_edges")
+    try:
+        edges = serialized_edges(batch, flow["id"])
+    except SerializedFlowError as exc:
+        raise error(str(exc), "BAD_USER_INPUT", field="serialized_edges") from None
+    slugs = {t["slug"] for t in flow.get("tasks") or []}
+    for i, (up, down, _) in enumerate(edges):  # the writer checks it too; here the slug can be named
+        for end, slug in (("upstream_task", up), ("downstream_task", down)):
+            if slug not in slugs:
+                where = f"serialized_edges.{i}.{end}"
+                raise error(f"{where}: flow {flow['id']} has no task {slug!r}; register its tasks first (register_tasks)",
+                            "BAD_USER_INPUT", field=where)
+    if edges:
+        command = c.RegisterEdges(flow_id=flow["id"], edges=[spec for _, _, spec in edges])
+        _ok(await app_of(info).bus.send(REGISTRY_AGGREGATE, command))
+    return {"success": True}
+
+
 # -- flow fields the client reads ------------------------------------------------------------
 @flow_type.field("settings")
 async def resolve_flow_settings(flow, info):
-    return dict(FLOW_GROUP_SETTINGS)
+    return group_settings(await app_of(info).read.flow_group(flow["flow_group_id"]))
 
 
 @flow_type.field("flow_group")
 async def resolve_flow_group(flow, info):
-    group = await app_of(info).read.flow_group(flow["flow_group_id"]) or {"id": flow["flow_group_id"]}
-    return {**public(group), "settings": dict(FLOW_GROUP_SETTINGS)}
+    return public(await app_of(info).read.flow_group(flow["flow_group_id"])) or {"id": flow["flow_group_id"]}
+
+
+@flow_group_type.field("settings")
+async def resolve_flow_group_settings(group, info):
+    return group_settings(group)
+
+
+@flow_group_type.field("schedule_active")
+async def resolve_flow_group_schedule_active(group, info):
+    return group.get("schedule_active") is not False  # never switched: active
 
 
 # -- the one custom query the client sends outside the Hasura-style tables --------------------
@@ -106,4 +193,4 @@ async def resolve_get_task_run_info(_, info, task_run_id):
     return {"id": view["id"], "version": view["version"], "state": view["state"], "serialized_state": view["serialized_state"]}
 
 
-bindables = [query, mutation, flow_type]
+bindables = [query, mutation, flow_type, flow_group_type]

@@ -1,4 +1,10 @@
-"""Flow schedules: ``set_schedule_active`` / ``set_schedule_inactive``."""
+"""Flow schedules: ``set_schedule_active`` / ``set_schedule_inactive``.
+
+Both flip the flow group's schedule switch (an ``UpdateFlowGroup`` to the registry's writer), the
+same switch a registration sets from its ``set_schedule_active`` input (``registration.py``;
+``Client.register()`` registers with false and calls ``set_schedule_active`` once the tasks are
+in). The scheduling service (``services/scheduling/schedules.py``) creates the runs of an active
+schedule ahead of time and cancels the future auto-scheduled runs of one switched off."""
 
 from __future__ import annotations
 
