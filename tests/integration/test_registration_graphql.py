@@ -141,6 +141,15 @@ def test_flow_settings_are_the_groups_own_over_the_defaults(gql, http, project):
     run_id = gql('mutation { create_flow_run(input: {flow_id: "%s"}) { id } }' % flow_id)["data"]["create_flow_run"]["id"]
     heartbeat = gql('{ flow_run_by_pk(id: "%s") { flow { settings } } }' % run_id)  # R13, what the flow runner reads
     assert heartbeat["data"]["flow_run_by_pk"]["flow"]["settings"]["heartbeat_enabled"] is False
+    # Prefect Server's per-flow switches change the same settings
+    for name, expected in (("disable_flow_lazarus_process", {"lazarus_enabled": False}), ("enable_flow_heartbeat", {"heartbeat_enabled": True})):
+        done = gql(f"mutation($input: {name}_input!) {{ {name}(input: $input) {{ success }} }}", {"input": {"flow_id": flow_id}})
+        assert done["data"][name]["success"] is True
+        changed = {**changed, **expected}
+        assert gql(FLOW, {"id": flow_id})["data"]["flow_by_pk"]["settings"] == changed
+    assert changed == {"heartbeat_enabled": True, "lazarus_enabled": False, "version_locking_enabled": False}
+    missing = gql('mutation { disable_flow_heartbeat(input: {flow_id: "nope"}) { success } }', expect_errors=True)["errors"][0]
+    assert "no flow with id nope" in missing["message"]
 
 
 ARTIFACTS = "query($id: ID!) { task_run_by_pk(id: $id) { artifacts { id kind data task_run_id tenant_id created updated } } }"

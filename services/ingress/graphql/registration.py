@@ -22,7 +22,9 @@ registers with false (no run is scheduled before the tasks are in) and then call
 service (``services/scheduling/schedules.py``) creates the runs of an active schedule.
 
 ``flow { settings }`` and ``flow_group { settings }`` are the flow group's settings (changed by
-``PATCH /api/v1/flow_groups/{id}/settings``) over Prefect Server's defaults.
+``PATCH /api/v1/flow_groups/{id}/settings`` or Prefect Server's ``enable_flow_heartbeat`` /
+``disable_flow_heartbeat`` / ``enable_flow_lazarus_process`` / ``disable_flow_lazarus_process``)
+over Prefect Server's defaults; the scheduling service's recovery reads the same settings.
 """
 
 from __future__ import annotations
@@ -159,6 +161,32 @@ async def resolve_register_edges(_, info, input):
         command = c.RegisterEdges(flow_id=flow["id"], edges=[spec for _, _, spec in edges])
         _ok(await app_of(info).bus.send(REGISTRY_AGGREGATE, command))
     return {"success": True}
+
+
+# -- Prefect Server's per-flow switches of the flow group's settings -------------------------------
+SWITCHES = {
+    "enable_flow_heartbeat": ("heartbeat_enabled", True),
+    "disable_flow_heartbeat": ("heartbeat_enabled", False),
+    "enable_flow_lazarus_process": ("lazarus_enabled", True),
+    "disable_flow_lazarus_process": ("lazarus_enabled", False),
+}
+
+
+def _switch(name: str, setting: str, value: bool):
+    @mutation.field(name)
+    @translate_errors
+    async def resolve(_, info, input):
+        flow = await app_of(info).read.flow(input["flow_id"])
+        if flow is None:
+            raise RequestError(404, [FieldError(("input", "flow_id"), f"no flow with id {input['flow_id']}", "not_found")])
+        await info.context["request"].app.state.scheduling.set_group_settings(flow["flow_group_id"], {setting: value})
+        return {"success": True}
+
+    return resolve
+
+
+for _name, (_setting, _value) in SWITCHES.items():
+    _switch(_name, _setting, _value)
 
 
 # -- flow fields the client reads ------------------------------------------------------------
