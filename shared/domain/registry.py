@@ -51,6 +51,7 @@ class FlowGroup:
     max_version: int = 0
     last_idempotency_key: str | None = None
     schedule_active: bool | None = None  # None: never switched (a schedule is active by default)
+    default_parameters: list[str] = field(default_factory=list)  # names the group gives a default
 
 
 def task_fingerprint(task: TaskSpec) -> str:
@@ -71,6 +72,21 @@ class FlowShape:
     open: bool = False
     tasks: dict[str, str] = field(default_factory=dict)  # task id -> fingerprint
     edges: dict[str, bool] = field(default_factory=dict)  # edge identity -> mapped
+    unscheduled: list[str] = field(default_factory=list)  # required parameters its schedule gives no default
+
+
+def unscheduled_parameters(flow: FlowDefinition) -> list[str]:
+    """Required parameters that some clock of the flow's schedule gives no default (Prefect Server
+    refuses to switch such a schedule on unless the flow group's default parameters cover them)."""
+    required = [p.name for p in flow.parameters if p.required]
+    if not flow.schedule or not required:
+        return []
+    clocks = flow.schedule.get("clocks") or []
+    return sorted(n for n in required if not all(n in ((clock or {}).get("parameter_defaults") or {}) for clock in clocks))
+
+
+def _blocked(shape: "FlowShape | None", group: FlowGroup | None) -> list[str]:
+    return sorted(set(shape.unscheduled if shape else []) - set(group.default_parameters if group else []))
 
 
 @dataclass
@@ -93,6 +109,7 @@ class Registry:
                     open=event.tasks_follow,
                     tasks={t.id: task_fingerprint(t) for t in flow.tasks},
                     edges={edge_identity(x): x.mapped for x in flow.edges},
+                    unscheduled=unscheduled_parameters(flow),
                 )
                 group = self.groups.get(flow.version_group_id)
                 if group is None:
@@ -112,8 +129,10 @@ class Registry:
             case e.FlowEdgesRegistered(flow_id=fid, edges=edges):
                 self.shapes[fid].edges.update((edge_identity(x), x.mapped) for x in edges)
             case e.FlowGroupUpdated(flow_group_id=gid, changes=changes):
-                if "schedule_active" in changes and gid in self.groups:
+                if gid in self.groups and "schedule_active" in changes:
                     self.groups[gid].schedule_active = changes["schedule_active"]
+                if gid in self.groups and "default_parameters" in changes:
+                    self.groups[gid].default_parameters = sorted(changes["default_parameters"] or {})
             case e.VerdictRecorded():
                 pass
             case _:
@@ -132,6 +151,8 @@ class Registry:
             case c.UpdateFlowGroup(flow_group_id=gid, changes=changes):
                 if gid not in self.groups:
                     return not_found("flow group", gid, "flow_group_id")
+                if changes.get("schedule_active") is True and (refusal := self._cannot_schedule(gid)):
+                    return refusal
                 return Accepted([e.FlowGroupUpdated(flow_group_id=gid, changes=changes)], {"flow_group_id": gid})
         raise TypeError(f"not a registry command: {command!r}")
 
@@ -170,6 +191,8 @@ class Registry:
             to_archive, version = [], 1
         registered = flow.model_copy(update={"version": version, "version_group_id": group_id})
         switch = command.schedule_active
+        if switch and _blocked(FlowShape(unscheduled=unscheduled_parameters(flow)), group):
+            switch = False  # as Prefect Server: registered, its schedule left off
         if switch is not None and (not flow.schedule or switch == _active(group)):
             switch = None  # nothing to switch: no schedule, or already so
         event = e.FlowRegistered(flow=registered, archived_flow_ids=to_archive, tasks_follow=command.tasks_follow, schedule_active=switch)
@@ -177,6 +200,22 @@ class Registry:
             [event],
             {"flow_id": flow.id, "created": True, "version": version, "version_group_id": group_id},
         )
+
+    def _cannot_schedule(self, group_id: str) -> Rejected | None:
+        group = self.groups[group_id]
+        for fid in group.flow_ids:
+            missing = [] if self.archived.get(fid) else _blocked(self.shapes.get(fid), group)
+            if missing:
+                return Rejected(
+                    Rejection(
+                        code="INVALID",
+                        message=f"Can not schedule a flow that has required parameters: flow {fid} needs {missing}, which neither "
+                        "every clock of its schedule nor the flow group's default_parameters give",
+                        field="schedule_active",
+                        details={"flow_id": fid, "parameters": missing},
+                    )
+                )
+        return None
 
     # -- Client.register(): tasks and edges after the flow ---------------------------------------
     def _shape(self, flow_id: str) -> FlowShape | None:

@@ -82,12 +82,14 @@ class FlowGroupDoc(_Doc):
     max_version: int
     last_idempotency_key: str | None
     schedule_active: bool | None = None
+    default_parameters: list[str] = []
 
 
 class FlowShapeDoc(_Doc):
     open: bool
     tasks: dict[str, str]
     edges: dict[str, bool]
+    unscheduled: list[str] = []
 
 
 class RegistryDoc(_Doc):
@@ -352,9 +354,9 @@ def _registry(doc: RegistryDoc) -> Registry:
         project_by_name=doc.project_by_name,
         archived=doc.archived,
         groups={
-            g.id: FlowGroup(g.id, g.project_id, g.name, g.flow_ids, g.max_version, g.last_idempotency_key, g.schedule_active)
+            g.id: FlowGroup(g.id, g.project_id, g.name, g.flow_ids, g.max_version, g.last_idempotency_key, g.schedule_active, g.default_parameters)
             for g in doc.groups
         },
         group_by_name={(p, n): g for p, n, g in doc.group_by_name},
-        shapes={fid: FlowShape(d.open, d.tasks, d.edges) for fid, d in doc.shapes.items()},
+        shapes={fid: FlowShape(d.open, d.tasks, d.edges, d.unscheduled) for fid, d in doc.shapes.items()},
     )

@@ -128,6 +128,16 @@ def test_the_registrations_schedule_switch_and_the_mutations_are_one_switch(gql,
     assert flow["version"] == 2 and flow["flow_group"]["id"] == group["id"] and flow["flow_group"]["schedule_active"] is True
 
 
+def test_a_schedule_that_needs_parameters_is_not_switched_on(gql, project):
+    serialized = {**copy.deepcopy(SERIALIZED), "name": unique("needs-who"), "schedule": SCHEDULE}
+    serialized["parameters"] = [{**serialized["parameters"][0], "required": True, "default": None}]
+    flow_id = gql(CREATE_FLOW, {"input": {"project_id": project["id"], "serialized_flow": serialized}})["data"]["create_flow"]["id"]
+    assert gql(FLOW, {"id": flow_id})["data"]["flow_by_pk"]["flow_group"]["schedule_active"] is False  # registered, left off
+    refused = gql(SCHEDULE_ON, {"input": {"flow_id": flow_id}}, expect_errors=True)["errors"][0]
+    assert refused["extensions"]["code"] == "INVALID" and refused["extensions"]["field"] == "schedule_active"
+    assert refused["message"].startswith("Can not schedule a flow that has required parameters") and "'who'" in refused["message"]
+
+
 def test_flow_settings_are_the_groups_own_over_the_defaults(gql, http, project):
     flow_id = client_register(gql, project["id"], unique("settings"))
     defaults = {"heartbeat_enabled": True, "lazarus_enabled": True, "version_locking_enabled": False}

@@ -270,3 +270,28 @@ def test_artifacts_project_to_documents_in_their_runs_partition():
     assert (a1["created"], a1["updated"]) == (at(1).isoformat(), at(3).isoformat())
     assert docs[K.task_run_artifact("a2", "run-1")]["deleted"] is True
     assert docs[K.task_run("run-1-tr0", "run-1")]["artifact_ids"] == ["a1"]
+
+
+def test_a_schedule_with_required_parameters_no_clock_gives_stays_off():
+    """Prefect Server: such a schedule cannot be switched on (the registration leaves it off, the
+    switch is refused) unless the flow group's default parameters give them."""
+    registry = registry_with_project()
+    needs_who = [{"slug": "who", "name": "who", "default": None, "required": True}]
+    flow = flow_definition(without_tasks(schedule=SCHEDULE, parameters=needs_who), flow_id="f1", project_id="p1", version_group_id="g1")
+    registered = step(registry, c.RegisterFlow(flow=flow, schedule_active=True))
+    assert registered.events[0].schedule_active is False and registry.shapes["f1"].unscheduled == ["who"]
+    refused = step(registry, c.UpdateFlowGroup(flow_group_id="g1", changes={"schedule_active": True}))
+    assert isinstance(refused, Rejected) and refused.rejection.code == "INVALID" and refused.rejection.field == "schedule_active"
+    assert refused.rejection.message.startswith("Can not schedule a flow that has required parameters") and "'who'" in refused.rejection.message
+    step(registry, c.UpdateFlowGroup(flow_group_id="g1", changes={"default_parameters": {"who": "marvin"}}))
+    assert isinstance(step(registry, c.UpdateFlowGroup(flow_group_id="g1", changes={"schedule_active": True})), Accepted)
+    assert registry.groups["g1"].schedule_active is True
+    restored = decode_aggregate(REGISTRY_AGGREGATE, encode_aggregate(registry))
+    assert restored == registry
+    with_defaults = {**SCHEDULE, "clocks": [{**SCHEDULE["clocks"][0], "parameter_defaults": {"who": "x"}}]}
+    given = flow_definition(without_tasks(schedule=with_defaults, parameters=needs_who, name="n2"), flow_id="f2", project_id="p1",
+                            version_group_id="g2")
+    fresh = registry_with_project()
+    assert step(fresh, c.RegisterFlow(flow=given, schedule_active=False)).events[0].schedule_active is False
+    assert fresh.shapes["f2"].unscheduled == []
+    assert isinstance(step(fresh, c.UpdateFlowGroup(flow_group_id="g2", changes={"schedule_active": True})), Accepted)
