@@ -35,9 +35,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from runledger.domain.flow_run import FlowRun, TaskRunRecord
 from runledger.domain.ledger import Aggregate, Ledger
-from runledger.domain.registry import FlowGroup, FlowShape, Registry
+from runledger.domain.registry import FlowGroup, Registry
 from runledger.domain.states import State
 from runledger.messages.models import FlowRunSpec
+from runledger.domain.registry import FlowShape
 from runledger.topics import REGISTRY_AGGREGATE
 
 SCHEMA_VERSION = 1

@@ -43,6 +43,42 @@ class UpdateFlowGroup(_Command):
     changes: dict[str, Any]
 
 
+# --- Client.register()'s tasks and edges; task-run artifacts (issue 9) -----------------------------
+class RegisterTasks(_Command):
+    """Tasks added to a flow registered open (``register_tasks``); ids derived from the slugs."""
+
+    type: Literal["RegisterTasks"] = "RegisterTasks"
+    flow_id: str
+    tasks: list[TaskSpec]
+
+
+class RegisterEdges(_Command):
+    """Edges added to a flow registered open (``register_edges``), between its registered tasks."""
+
+    type: Literal["RegisterEdges"] = "RegisterEdges"
+    flow_id: str
+    edges: list[EdgeSpec]
+
+
+class CreateTaskRunArtifact(_Command):
+    type: Literal["CreateTaskRunArtifact"] = "CreateTaskRunArtifact"
+    artifact_id: str
+    task_run_id: str
+    kind: str
+    data: WireJson = None
+
+
+class UpdateTaskRunArtifact(_Command):
+    type: Literal["UpdateTaskRunArtifact"] = "UpdateTaskRunArtifact"
+    artifact_id: str
+    data: WireJson = None
+
+
+class DeleteTaskRunArtifact(_Command):
+    type: Literal["DeleteTaskRunArtifact"] = "DeleteTaskRunArtifact"
+    artifact_id: str
+
+
 class CreateFlowRun(_Command):
     type: Literal["CreateFlowRun"] = "CreateFlowRun"
     spec: FlowRunSpec
@@ -91,47 +127,16 @@ class RecordTaskRunHeartbeat(_Command):
     task_run_id: str
 
 
-# --- Client.register()'s tasks and edges; task-run artifacts (issue 9) -----------------------------
-class RegisterTasks(_Command):
-    """Tasks added to a flow registered open (``register_tasks``); ids derived from the slugs."""
-
-    type: Literal["RegisterTasks"] = "RegisterTasks"
-    flow_id: str
-    tasks: list[TaskSpec]
-
-
-class RegisterEdges(_Command):
-    """Edges added to a flow registered open (``register_edges``), between its registered tasks."""
-
-    type: Literal["RegisterEdges"] = "RegisterEdges"
-    flow_id: str
-    edges: list[EdgeSpec]
-
-
-class CreateTaskRunArtifact(_Command):
-    type: Literal["CreateTaskRunArtifact"] = "CreateTaskRunArtifact"
-    artifact_id: str
-    task_run_id: str
-    kind: str
-    data: WireJson = None
-
-
-class UpdateTaskRunArtifact(_Command):
-    type: Literal["UpdateTaskRunArtifact"] = "UpdateTaskRunArtifact"
-    artifact_id: str
-    data: WireJson = None
-
-
-class DeleteTaskRunArtifact(_Command):
-    type: Literal["DeleteTaskRunArtifact"] = "DeleteTaskRunArtifact"
-    artifact_id: str
-
-
 CommandPayload = Annotated[
     Union[
         CreateProject,
         RegisterFlow,
         UpdateFlowGroup,
+        RegisterTasks,
+        RegisterEdges,
+        CreateTaskRunArtifact,
+        UpdateTaskRunArtifact,
+        DeleteTaskRunArtifact,
         CreateFlowRun,
         SetFlowRunState,
         SetTaskRunState,
@@ -141,11 +146,6 @@ CommandPayload = Annotated[
         GetOrCreateTaskRun,
         RecordFlowRunHeartbeat,
         RecordTaskRunHeartbeat,
-        RegisterTasks,
-        RegisterEdges,
-        CreateTaskRunArtifact,
-        UpdateTaskRunArtifact,
-        DeleteTaskRunArtifact,
     ],
     Field(discriminator="type"),
 ]

@@ -73,32 +73,6 @@ class TaskRunHeartbeatRecorded(_Event):
     task_run_id: str
 
 
-# --- registry aggregate ----------------------------------------------------------------------
-class ProjectCreated(_Event):
-    type: Literal["ProjectCreated"] = "ProjectCreated"
-    project_id: str
-    name: str
-    description: str | None = None
-
-
-class FlowRegistered(_Event):
-    type: Literal["FlowRegistered"] = "FlowRegistered"
-    flow: FlowDefinition
-    archived_flow_ids: list[str] = Field(default_factory=list)
-    # Registered without its tasks (``Client.register()``): open to FlowTasksRegistered /
-    # FlowEdgesRegistered. And the flow group's schedule switch as of this registration (None:
-    # unchanged), in this same event so no reader ever sees the flow with the switch it replaced.
-    tasks_follow: bool = False
-    schedule_active: bool | None = None
-
-
-class FlowGroupUpdated(_Event):
-    type: Literal["FlowGroupUpdated"] = "FlowGroupUpdated"
-    flow_group_id: str
-    # Only the fields present in ``changes`` are updated; a null value clears the setting.
-    changes: dict[str, Any]
-
-
 # --- Client.register()'s tasks and edges; task-run artifacts (issue 9) -----------------------------
 class FlowTasksRegistered(_Event):
     """Registry: tasks added to a flow registered open (only the new ones; never changed after)."""
@@ -137,6 +111,32 @@ class TaskRunArtifactDeleted(_Event):
     task_run_id: str
 
 
+# --- registry aggregate ----------------------------------------------------------------------
+class ProjectCreated(_Event):
+    type: Literal["ProjectCreated"] = "ProjectCreated"
+    project_id: str
+    name: str
+    description: str | None = None
+
+
+class FlowRegistered(_Event):
+    type: Literal["FlowRegistered"] = "FlowRegistered"
+    flow: FlowDefinition
+    archived_flow_ids: list[str] = Field(default_factory=list)
+    # Registered without its tasks (``Client.register()``): open to FlowTasksRegistered /
+    # FlowEdgesRegistered. And the flow group's schedule switch as of this registration (None:
+    # unchanged), in this same event so no reader ever sees the flow with the switch it replaced.
+    tasks_follow: bool = False
+    schedule_active: bool | None = None
+
+
+class FlowGroupUpdated(_Event):
+    type: Literal["FlowGroupUpdated"] = "FlowGroupUpdated"
+    flow_group_id: str
+    # Only the fields present in ``changes`` are updated; a null value clears the setting.
+    changes: dict[str, Any]
+
+
 # --- any aggregate --------------------------------------------------------------------------
 class VerdictRecorded(_Event):
     """A verdict that changed nothing (a refusal, or a no-op such as cancelling a finished run),
@@ -160,14 +160,14 @@ EventPayload = Annotated[
         TaskRunRenamed,
         FlowRunHeartbeatRecorded,
         TaskRunHeartbeatRecorded,
-        ProjectCreated,
-        FlowRegistered,
-        FlowGroupUpdated,
         FlowTasksRegistered,
         FlowEdgesRegistered,
         TaskRunArtifactCreated,
         TaskRunArtifactUpdated,
         TaskRunArtifactDeleted,
+        ProjectCreated,
+        FlowRegistered,
+        FlowGroupUpdated,
     ],
     Field(discriminator="type"),
 ]

@@ -219,6 +219,31 @@ class Projection:
             case e.TaskRunHeartbeatRecorded(task_run_id=tr_id):
                 key = k.task_run(tr_id, env.flow_run_id)
                 put(key, {**docs[key], "heartbeat": _iso(t)})
+            # -- Client.register()'s tasks and edges; task-run artifacts (issue 9) ----------------
+            case e.FlowTasksRegistered(flow_id=fid, tasks=tasks):
+                key = k.flow(fid)
+                put(key, {**docs[key], "tasks": [*docs[key]["tasks"], *(x.model_dump(mode="json") for x in tasks)]})
+            case e.FlowEdgesRegistered(flow_id=fid, edges=edges):
+                key = k.flow(fid)
+                mapped = {x.downstream_task_id for x in edges if x.mapped}
+                tasks = [{**x, "mapped": True} if x["id"] in mapped else x for x in docs[key]["tasks"]]
+                put(key, {**docs[key], "tasks": tasks, "edges": [*docs[key]["edges"], *(x.model_dump(mode="json") for x in edges)]})
+            case e.TaskRunArtifactCreated(artifact_id=aid, task_run_id=tr_id):
+                doc = {
+                    "id": aid, "task_run_id": tr_id, "flow_run_id": env.flow_run_id, "kind": p.kind, "data": p.data,
+                    "created": _iso(t), "updated": _iso(t),
+                }
+                put(k.task_run_artifact(aid, env.flow_run_id), doc)
+                tr_key = k.task_run(tr_id, env.flow_run_id)
+                put(tr_key, {**docs[tr_key], "artifact_ids": [*docs[tr_key].get("artifact_ids", []), aid]})
+            case e.TaskRunArtifactUpdated(artifact_id=aid):
+                key = k.task_run_artifact(aid, env.flow_run_id)
+                put(key, {**docs[key], "data": p.data, "updated": _iso(t)})
+            case e.TaskRunArtifactDeleted(artifact_id=aid, task_run_id=tr_id):
+                key = k.task_run_artifact(aid, env.flow_run_id)
+                put(key, {**docs[key], "deleted": True, "updated": _iso(t)})
+                tr_key = k.task_run(tr_id, env.flow_run_id)
+                put(tr_key, {**docs[tr_key], "artifact_ids": [a for a in docs[tr_key].get("artifact_ids", []) if a != aid]})
             case e.ProjectCreated():
                 put(k.project(p.project_id), {"id": p.project_id, "name": p.name, "description": p.description, "created": _iso(t)})
                 changes.z_add(k.projects, _score(t), p.project_id)
@@ -249,31 +274,6 @@ class Projection:
             case e.FlowGroupUpdated(flow_group_id=gid, changes=updates):
                 gkey = k.flow_group(gid)
                 put(gkey, {**docs[gkey], **updates, "updated": _iso(t)})
-            # -- Client.register()'s tasks and edges; task-run artifacts (issue 9) ----------------
-            case e.FlowTasksRegistered(flow_id=fid, tasks=tasks):
-                key = k.flow(fid)
-                put(key, {**docs[key], "tasks": [*docs[key]["tasks"], *(x.model_dump(mode="json") for x in tasks)]})
-            case e.FlowEdgesRegistered(flow_id=fid, edges=edges):
-                key = k.flow(fid)
-                mapped = {x.downstream_task_id for x in edges if x.mapped}
-                tasks = [{**x, "mapped": True} if x["id"] in mapped else x for x in docs[key]["tasks"]]
-                put(key, {**docs[key], "tasks": tasks, "edges": [*docs[key]["edges"], *(x.model_dump(mode="json") for x in edges)]})
-            case e.TaskRunArtifactCreated(artifact_id=aid, task_run_id=tr_id):
-                doc = {
-                    "id": aid, "task_run_id": tr_id, "flow_run_id": env.flow_run_id, "kind": p.kind, "data": p.data,
-                    "created": _iso(t), "updated": _iso(t),
-                }
-                put(k.task_run_artifact(aid, env.flow_run_id), doc)
-                tr_key = k.task_run(tr_id, env.flow_run_id)
-                put(tr_key, {**docs[tr_key], "artifact_ids": [*docs[tr_key].get("artifact_ids", []), aid]})
-            case e.TaskRunArtifactUpdated(artifact_id=aid):
-                key = k.task_run_artifact(aid, env.flow_run_id)
-                put(key, {**docs[key], "data": p.data, "updated": _iso(t)})
-            case e.TaskRunArtifactDeleted(artifact_id=aid, task_run_id=tr_id):
-                key = k.task_run_artifact(aid, env.flow_run_id)
-                put(key, {**docs[key], "deleted": True, "updated": _iso(t)})
-                tr_key = k.task_run(tr_id, env.flow_run_id)
-                put(tr_key, {**docs[tr_key], "artifact_ids": [a for a in docs[tr_key].get("artifact_ids", []) if a != aid]})
             case e.VerdictRecorded():
                 pass  # an audit record: no read model shows it
             case _:
