@@ -98,7 +98,11 @@ async def resolve_create_flow_from_compressed_string(_, info, input):
 async def resolve_create_flow(_, info, input):
     serialized = json_object(input["serialized_flow"], "serialized_flow")
     limit = app_of(info).settings.max_json_field_bytes
-    if len(orjson.dumps(serialized)) > limit:
+    try:
+        size = len(orjson.dumps(serialized))
+    except orjson.JSONEncodeError as exc:
+        raise error(f"serialized_flow: cannot be stored as JSON ({exc})", "BAD_USER_INPUT", field="serialized_flow") from None
+    if size > limit:
         raise error(f"serialized_flow: more than {limit} bytes of JSON", "BAD_USER_INPUT", field="serialized_flow")
     return await _register(info, serialized, input)
 
