@@ -5,9 +5,11 @@ updates that agent's last contact) and the scheduling gate in front of the comma
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -20,6 +22,7 @@ from runledger.services.scheduling.gate import SchedulingGate, current_agent_id
 from runledger.services.scheduling.store import SchedulingStore
 
 router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
+log = structlog.get_logger(component="scheduling")
 AGENT_HEADER = b"x-prefect-agent-id"
 
 
@@ -153,6 +156,23 @@ class AgentContact:
             current_agent_id.reset(token)
 
 
+async def _import_legacy(frontend: SchedulingFrontend) -> None:
+    """Move limits and agents an older version kept only in Redis into the log (once; retried
+    while the writer or Redis is not there yet)."""
+    for attempt in range(60):
+        try:
+            imported = await frontend.import_legacy()
+            if any(imported.values()):
+                log.warning("limits and agents kept only in Redis were moved into the event log", **imported)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if attempt % 10 == 0:
+                log.warning("moving Redis-only limits and agents into the log failed; retrying", error=repr(exc)[:300])
+            await asyncio.sleep(5)
+
+
 def install(app: FastAPI) -> None:
     """Wire scheduling into the ingress app (called once by ``create_app``)."""
     app.include_router(router)
@@ -163,9 +183,14 @@ def install(app: FastAPI) -> None:
     async def lifespan(a: FastAPI):
         async with original(a) as state:
             application = a.state.application
-            store = SchedulingStore(application.read.redis, application.settings.redis_prefix)
+            store = SchedulingStore(application.read.redis, application.settings.redis_prefix, application.settings.partitions)
             application.bus = SchedulingGate(application.bus, store, application.read, application.settings)
-            a.state.scheduling = SchedulingFrontend(application, store, application.settings)
-            yield state
+            a.state.scheduling = frontend = SchedulingFrontend(application, store, application.settings)
+            upgrade = asyncio.create_task(_import_legacy(frontend))
+            try:
+                yield state
+            finally:
+                upgrade.cancel()
+                await asyncio.gather(upgrade, return_exceptions=True)
 
     app.router.lifespan_context = lifespan

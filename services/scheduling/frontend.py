@@ -1,15 +1,22 @@
 """What the ingress calls for scheduling (REST and GraphQL both): agents, the queue, ``why``,
-late runs, concurrency limits, schedule switches and flow-group recovery settings. The state is
-in Redis (``store``); state changes go through the ingress's command bus to the writer."""
+late runs, concurrency limits, schedule switches and flow-group recovery settings. Reads come
+from Redis (``store``); every change -- a limit set or deleted, an agent registered, a schedule
+switched -- is a command through the ingress's command bus to the single writer, answered once
+the writer's verdict is durable and the projection includes it (read-your-writes)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
+
 from runledger.domain.run_requests import FieldError, RequestError
-from runledger.domain.scheduling import QUEUE_PAGE, agent_id_for, explain
+from runledger.domain.agents import AGENTS_AGGREGATE
+from runledger.domain.limits import LIMITS_AGGREGATE, limit_id_for
+from runledger.domain.scheduling import QUEUE_PAGE, explain
 from runledger.messages import commands as c
+from runledger.messages.commands import Reply
 from runledger.services.scheduling.store import SchedulingStore, now_ms
 from runledger.topics import REGISTRY_AGGREGATE
 
@@ -39,25 +46,30 @@ class SchedulingUnavailable(Exception):
     pass
 
 
+def _ok(reply: Reply) -> dict[str, Any]:
+    if not reply.ok:
+        from runledger.services.ingress.application import CommandRejected
+
+        raise CommandRejected(reply.rejection)
+    return reply.outcome or {}
+
+
 class SchedulingFrontend:
     def __init__(self, application, store: SchedulingStore, settings) -> None:
         self.app, self.store, self.settings = application, store, settings
 
     # -- agents -------------------------------------------------------------------------------------
     async def register_agent(self, data: dict[str, Any]) -> dict[str, Any]:
-        agent_type = data.get("type") or ""
-        labels = sorted(set(map(str, data.get("labels") or [])))
-        agent_id = agent_id_for(agent_type, data.get("name"), labels, data.get("tenant_id"))
-        await self.store.register_agent({
-            "id": agent_id,
-            "type": agent_type,
-            "name": data.get("name"),
-            "labels": labels,
-            "tenant_id": data.get("tenant_id"),
-            "agent_config_id": data.get("agent_config_id"),
-            "core_version": data.get("core_version"),
-            "created": datetime.now(timezone.utc).isoformat(),
-        })
+        command = c.RegisterAgent(
+            agent_type=data.get("type") or "",
+            name=data.get("name"),
+            labels=sorted(set(map(str, data.get("labels") or []))),
+            tenant_id=data.get("tenant_id"),
+            agent_config_id=data.get("agent_config_id"),
+            core_version=data.get("core_version"),
+        )
+        agent_id = _ok(await self.app.bus.send(AGENTS_AGGREGATE, command))["agent_id"]
+        await self.store.touch_agent(agent_id)  # registering is a contact (the agent is readable now)
         return {"id": agent_id}
 
     async def agents(self) -> list[dict[str, Any]]:
@@ -111,15 +123,45 @@ class SchedulingFrontend:
             raise _bad(("body", what), f"a {what} is required", "missing")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise _bad(("body", "limit"), "limit must be an integer >= 0")
-        return self._limit_view(await self.store.set_limit(kind, name, limit), None)
+        _ok(await self.app.bus.send(LIMITS_AGGREGATE, c.SetConcurrencyLimit(kind=kind, name=name, limit=limit)))
+        # Answered once the projection includes it: the limit is readable (and enforced) now.
+        doc = (await self.store.limits(kind)).get(name)
+        if doc is None:  # deleted again meanwhile by someone else: answer what was set
+            doc = {"id": limit_id_for(kind, name), "name": name, "limit": limit, "kind": kind}
+        return self._limit_view(doc, None)
 
     async def delete_limit(self, limit_id: str) -> bool:
-        return await self.store.delete_limit(limit_id) is not None
+        reply = await self.app.bus.send(LIMITS_AGGREGATE, c.DeleteConcurrencyLimit(limit_id=limit_id))
+        if not reply.ok and reply.rejection.code == "NOT_FOUND":
+            return False
+        _ok(reply)
+        return True
 
     async def limits(self, kind: str) -> list[dict[str, Any]]:
         limits = await self.store.limits(kind)
         usage = await self.store.usage(kind, sorted(limits))
         return [self._limit_view(doc, usage.get(name)) for name, doc in sorted(limits.items())]
+
+    async def import_legacy(self) -> dict[str, int]:
+        """Upgrade: limits and agents that an older RunLedger wrote straight into Redis (not in the
+        log) are sent to the writer as commands, then their old keys are dropped. Idempotent: a
+        second ingress doing the same at once sets the same values (no-ops in the writer)."""
+        k, redis = self.store.k, self.store.redis
+        legacy = [k.legacy_limits("label"), k.legacy_limits("tag"), k.legacy_limit_ids, k.legacy_agents]
+        if not await redis.exists(*legacy):
+            return {"limits": 0, "agents": 0}
+        imported = {"limits": 0, "agents": 0}
+        for kind in ("label", "tag"):
+            for raw in (await redis.hgetall(k.legacy_limits(kind))).values():
+                doc = orjson.loads(raw)
+                await self.set_limit(kind, doc["name"], int(doc["limit"]))
+                imported["limits"] += 1
+        for raw in (await redis.hgetall(k.legacy_agents)).values():
+            doc = orjson.loads(raw)
+            await self.register_agent(doc)
+            imported["agents"] += 1
+        await redis.delete(*legacy)
+        return imported
 
     @staticmethod
     def _limit_view(doc: dict[str, Any], used: int | None) -> dict[str, Any]:

@@ -114,7 +114,7 @@ class SchedulingGate:
         return reply
 
     async def _task_slot(self, run_id: str, payload: c.SetTaskRunState, kwargs) -> Reply:
-        if not await self.store.redis.exists(self.store.k.limits("tag")):
+        if not await self.store.has_limits("tag"):
             return await self.bus.send(run_id, payload, **kwargs)
         task_run = await self.read.task_run(payload.task_run_id, run_id)
         limited = await self._limited("tag", (task_run or {}).get("tags"))

@@ -165,7 +165,7 @@ class SchedulingService(ConsumerService):
 
     async def start_resources(self) -> None:
         self.redis = redis_clients.client(self.settings, max_connections=64)
-        self.store = SchedulingStore(self.redis, self.settings.redis_prefix)
+        self.store = SchedulingStore(self.redis, self.settings.redis_prefix, self.settings.partitions)
         self.bus = CommandBus(self.settings, self.redis, Keys(self.settings.redis_prefix))
         await self.bus.start()
         self.scheduler = Scheduler(self.settings, self.bus, self.registry, self.log)
@@ -225,6 +225,8 @@ class SchedulingService(ConsumerService):
                     except (ValidationError, ValueError) as exc:
                         await self.dead_letter(record, "decode", exc)
                         continue
+                    if env.flow_run_id is None:
+                        continue  # not a run (the concurrency limits, the agents): no run facts
                     run = part.runs.get(env.aggregate_id)
                     if run is None:
                         run = part.runs[env.aggregate_id] = RunFacts(env.aggregate_id)

@@ -1,21 +1,30 @@
 """The scheduling state in Redis: what the scheduling service derives from the event log (the due
-queue per label set, the slots held per label and tag, a small document per run) and what is not
-in the log (registered agents and when each was last seen, concurrency limits, heartbeats,
-short-lived slot reservations). The ingress reads and updates it through ``SchedulingStore``.
+queue per label set, the slots held per label and tag, a small document per run), what the
+projector keeps from the log (concurrency limits and registered agents: read models of the
+``concurrency-limits`` and ``agents`` aggregates, see ``runledger.domain.limits`` / ``agents``),
+and what is not in the log (when each agent was last seen, heartbeats, short-lived slot
+reservations). The ingress reads and updates it through ``SchedulingStore``; it never writes a
+limit or an agent itself: those are commands to the single writer (``SchedulingFrontend``).
 
-Every key shares the hash tag ``{sched}`` (one Redis Cluster slot), so the Lua scripts that
-count and reserve slots across several labels are atomic.
+The service's keys share the hash tag ``{sched}`` (one Redis Cluster slot), so the Lua scripts
+that count and reserve slots across several labels are atomic.
 
-Derived keys (rebuildable: the service rewrites them from the log on every start):
+Derived by the scheduling service (rebuildable: it rewrites them from the log on every start):
   run:<id>            JSON: labels, state, version, due time, ... (for ``why`` and the gate)
   labelsets           hash label-set id -> JSON list of labels
   due:<label-set id>  zset run id -> due time (ms); only runs the queue can offer
   occ:label:<label>   set of flow-run ids holding a slot (Submitted, Running, Cancelling)
   occ:tag:<tag>       set of task-run ids holding a slot (Running, Cancelling)
-Not derivable (configuration and liveness):
-  limits:label / limits:tag  hash name -> JSON {id, name, limit, updated}
-  limit_ids           hash limit id -> "label|tag" \x1f name
-  agents / agent_seen hash agent id -> JSON / last contact (ms)
+Projected from the log by the projector (read models, ``runledger.readmodel.keys``; in the slot of
+their aggregate's events partition, dropped and replayed by ``read-models rebuild``):
+  rl:rm:{pL}:limits:label / limits:tag  hash name -> JSON {id, name, limit, kind, updated_ms}
+  rl:rm:{pL}:limit_ids                  hash limit id -> "label|tag" \x1f name
+  rl:rm:{pA}:agents                     hash agent id -> JSON
+Not derivable (liveness):
+  rl:{pA}:agent_seen  hash agent id -> last contact (ms): touched by every request with
+                      X-PREFECT-AGENT-ID (every poll, every 10 s per agent). Logging it would put a
+                      write per poll into the system of record for a value that is stale within
+                      seconds anyway; losing it costs one poll interval (the next poll sets it).
   hb / hb_logged      hash run id -> last heartbeat (ms) / last heartbeat written to the log (ms)
   resv:label:<l> / resv:tag:<t>  zset run id -> expiry (ms): a slot granted to a claim whose event
                       the service has not applied yet
@@ -24,7 +33,6 @@ Not derivable (configuration and liveness):
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +40,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from runledger.domain.scheduling import QUEUE_PAGE, labels_match, labelset_id
-
-LIMIT_NAMESPACE = uuid.UUID("a3c4e0b2-6f0b-4c11-8f53-0c6b1d2e9f70")
+from runledger.readmodel.keys import Keys
 
 
 def now_ms() -> int:
@@ -60,20 +67,18 @@ class SchedKeys:
     def resv(self, kind: str, name: str) -> str:
         return f"{self.base}:resv:{kind}:{name}"
 
-    def limits(self, kind: str) -> str:
+    # Where limits and agents were kept before they were in the log (read once, by the upgrade
+    # in ``SchedulingFrontend.import_legacy``, which sends them to the writer and drops these).
+    def legacy_limits(self, kind: str) -> str:
         return f"{self.base}:limits:{kind}"
 
     @property
-    def limit_ids(self) -> str:
+    def legacy_limit_ids(self) -> str:
         return f"{self.base}:limit_ids"
 
     @property
-    def agents(self) -> str:
+    def legacy_agents(self) -> str:
         return f"{self.base}:agents"
-
-    @property
-    def agent_seen(self) -> str:
-        return f"{self.base}:agent_seen"
 
     @property
     def heartbeats(self) -> str:
@@ -174,9 +179,10 @@ class Denied:
 
 
 class SchedulingStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str = "rl") -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str = "rl", partitions: int = 8) -> None:
         self.redis = redis
         self.k = SchedKeys(prefix)
+        self.rm = Keys(prefix, partitions)  # limits and agents: the projector's read models
         self._grant = redis.register_script(_GRANT)
         self._release = redis.register_script(_RELEASE)
         self._touch = redis.register_script(_TOUCH)
@@ -184,21 +190,14 @@ class SchedulingStore:
         self.drop_empty = redis.register_script(_DROP_EMPTY)
         self._offer = redis.register_script(_OFFER)
 
-    # -- agents --------------------------------------------------------------------------------
-    async def register_agent(self, agent: dict[str, Any]) -> None:
-        now = now_ms()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self.k.agents, agent["id"], orjson.dumps(agent))
-            pipe.hset(self.k.agent_seen, agent["id"], now)
-            await pipe.execute()
-
+    # -- agents (registered through the writer; read here) ---------------------------------------
     async def touch_agent(self, agent_id: str) -> bool:
-        return bool(await self._touch(keys=[self.k.agents, self.k.agent_seen], args=[agent_id, now_ms()]))
+        return bool(await self._touch(keys=[self.rm.agents, self.rm.agent_seen], args=[agent_id, now_ms()]))
 
     async def agents(self) -> list[dict[str, Any]]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.k.agents)
-            pipe.hgetall(self.k.agent_seen)
+            pipe.hgetall(self.rm.agents)
+            pipe.hgetall(self.rm.agent_seen)
             agents, seen = await pipe.execute()
         out = []
         for agent_id, raw in agents.items():
@@ -208,31 +207,14 @@ class SchedulingStore:
             out.append(doc)
         return sorted(out, key=lambda a: (a.get("created") or "", a["id"]))
 
-    # -- limits --------------------------------------------------------------------------------
-    async def set_limit(self, kind: str, name: str, limit: int) -> dict[str, Any]:
-        limit_id = str(uuid.uuid5(LIMIT_NAMESPACE, f"{kind}\x1f{name}"))
-        doc = {"id": limit_id, "name": name, "limit": limit, "kind": kind, "updated_ms": now_ms()}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.k.limits(kind), name, orjson.dumps(doc))
-            pipe.hset(self.k.limit_ids, limit_id, f"{kind}\x1f{name}")
-            await pipe.execute()
-        return doc
-
-    async def delete_limit(self, limit_id: str) -> dict[str, Any] | None:
-        ref = await self.redis.hget(self.k.limit_ids, limit_id)
-        if ref is None:
-            return None
-        kind, name = ref.decode().split("\x1f", 1)
-        raw = await self.redis.hget(self.k.limits(kind), name)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.k.limits(kind), name)
-            pipe.hdel(self.k.limit_ids, limit_id)
-            await pipe.execute()
-        return orjson.loads(raw) if raw else {"id": limit_id, "name": name, "kind": kind}
-
+    # -- limits (set and deleted through the writer; read here) -----------------------------------
     async def limits(self, kind: str) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self.k.limits(kind))
+        """Every limit of ``kind``: one HGETALL (the gate's one read per Submitted/Running)."""
+        raw = await self.redis.hgetall(self.rm.limits(kind))
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def has_limits(self, kind: str) -> bool:
+        return bool(await self.redis.exists(self.rm.limits(kind)))
 
     async def usage(self, kind: str, names: list[str]) -> dict[str, int]:
         """Slots in use per name: holders plus live reservations of runs not yet holding."""

@@ -16,18 +16,24 @@ from datetime import datetime
 
 import orjson
 
+from runledger.domain.agents import AGENTS_AGGREGATE, Agents
 from runledger.domain.decisions import Accepted
 from runledger.domain.flow_run import FlowRun
+from runledger.domain.limits import LIMITS_AGGREGATE, ConcurrencyLimits
 from runledger.domain.registry import Registry
 from runledger.messages.commands import CommandEnvelope, Rejection
 from runledger.messages.events import EventEnvelope, VerdictRecorded
 from runledger.topics import REGISTRY_AGGREGATE
 
-Aggregate = FlowRun | Registry
+Aggregate = FlowRun | Registry | ConcurrencyLimits | Agents
+
+# The aggregates that are one of a kind, by id; any other id is a flow run.
+SINGLETONS: dict[str, type] = {REGISTRY_AGGREGATE: Registry, LIMITS_AGGREGATE: ConcurrencyLimits, AGENTS_AGGREGATE: Agents}
 
 
 def new_aggregate(aggregate_id: str) -> Aggregate:
-    return Registry() if aggregate_id == REGISTRY_AGGREGATE else FlowRun(id=aggregate_id)
+    kind = SINGLETONS.get(aggregate_id)
+    return kind() if kind is not None else FlowRun(id=aggregate_id)
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ class Ledger:
             payloads = [VerdictRecorded(command_type=command.type, rejection=decision.rejection)]
         else:
             return Answer(command.command_id, [], rejection=decision.rejection)
-        flow_run_id = None if isinstance(agg, Registry) else agg.id
+        flow_run_id = agg.id if isinstance(agg, FlowRun) else None
         envelopes = []
         for i, payload in enumerate(payloads):
             last = i == len(payloads) - 1

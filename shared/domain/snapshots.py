@@ -1,7 +1,7 @@
 """Snapshots of a writer partition's ledger: ``Ledger`` -> bytes -> ``Ledger``, pure.
 
 A snapshot holds everything the ledger decides with: every aggregate (flow runs with their task
-runs, the registry) and the verdict window (command id -> outcome or rejection, oldest first),
+runs, the registry, the concurrency limits, the agents) and the verdict window (command id -> outcome or rejection, oldest first),
 so a ledger restored from it and fed the events after ``position`` decides every later command
 exactly as the ledger that never stopped, a redelivered command included. ``position`` is
 opaque here: the writer stores the next event offset to replay.
@@ -28,13 +28,16 @@ import struct
 import zlib
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import accumulate
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from runledger.domain.agents import AGENTS_AGGREGATE, Agent, Agents
 from runledger.domain.flow_run import FlowRun, TaskRunRecord
 from runledger.domain.ledger import Aggregate, Ledger
+from runledger.domain.limits import LIMITS_AGGREGATE, ConcurrencyLimits, Limit
 from runledger.domain.registry import FlowGroup, Registry
 from runledger.domain.states import State
 from runledger.messages.models import FlowRunSpec
@@ -103,6 +106,34 @@ class RegistryDoc(_Doc):
     shapes: dict[str, FlowShapeDoc] = {}  # absent from snapshots made before flows had shapes
 
 
+# Added without a new schema version: a snapshot without these aggregates reads as before.
+class LimitDoc(_Doc):
+    id: str
+    kind: str
+    name: str
+    limit: int
+
+
+class LimitsDoc(_Doc):
+    seq: int
+    limits: list[LimitDoc]
+
+
+class AgentDoc(_Doc):
+    id: str
+    agent_type: str
+    name: str | None
+    labels: list[str]
+    tenant_id: str | None
+    agent_config_id: str | None
+    core_version: str | None
+    created: datetime
+
+
+class AgentsDoc(_Doc):
+    seq: int
+    agents: list[AgentDoc]
+
 
 # -- one aggregate ------------------------------------------------------------------------------
 def _model(value: BaseModel) -> dict:
@@ -113,12 +144,16 @@ def _state(state: State | None) -> dict | None:
     return None if state is None else state.model_dump(mode="json")
 
 
-def encode_aggregate(agg: FlowRun | Registry) -> bytes:
+def encode_aggregate(agg: Aggregate) -> bytes:
     # Kept for a long time: a right-sized copy (orjson's own bytes keep a ~4 KiB buffer).
     return memoryview(_encode_aggregate(agg)).tobytes()
 
 
-def _encode_aggregate(agg: FlowRun | Registry) -> bytes:
+def _encode_aggregate(agg: Aggregate) -> bytes:
+    if isinstance(agg, ConcurrencyLimits):
+        return orjson.dumps({"seq": agg.seq, "limits": [vars(x) for x in agg.limits.values()]})
+    if isinstance(agg, Agents):
+        return orjson.dumps({"seq": agg.seq, "agents": [vars(a) for a in agg.agents.values()]})
     if isinstance(agg, Registry):
         return orjson.dumps(
             {
@@ -160,6 +195,12 @@ def decode_aggregate(aggregate_id: str, raw: bytes) -> Aggregate:
     try:
         if aggregate_id == REGISTRY_AGGREGATE:
             return _registry(RegistryDoc.model_validate_json(raw))
+        if aggregate_id == LIMITS_AGGREGATE:
+            doc = LimitsDoc.model_validate_json(raw)
+            return ConcurrencyLimits(doc.seq, {x.id: Limit(x.id, x.kind, x.name, x.limit) for x in doc.limits})
+        if aggregate_id == AGENTS_AGGREGATE:
+            doc = AgentsDoc.model_validate_json(raw)
+            return Agents(doc.seq, {a.id: Agent(**a.model_dump()) for a in doc.agents})
         return _flow_run(FlowRunDoc.model_validate_json(raw))
     except ValidationError as exc:
         raise SnapshotError(f"undecodable aggregate {aggregate_id} in a snapshot: {exc.errors()[0]['msg']}") from None
@@ -318,7 +359,8 @@ def decode(raw: bytes, dedup_window: int = 200_000, **ledger_options) -> tuple[L
     cold = dict(aggregates)
     # Aggregates are validated when first used; one of each kind now, so a snapshot this code
     # cannot read (a shape changed without a new schema version) is refused here, not later.
-    for aggregate_id in (REGISTRY_AGGREGATE, next((k for k in cold if k != REGISTRY_AGGREGATE), None)):
+    singletons = (REGISTRY_AGGREGATE, LIMITS_AGGREGATE, AGENTS_AGGREGATE)
+    for aggregate_id in (*singletons, next((k for k in cold if k not in singletons), None)):
         if aggregate_id in cold:
             decode_aggregate(aggregate_id, cold[aggregate_id])
     ledger = Ledger.restore(ColdAggregates(cold), verdicts, dedup_window, **ledger_options)

@@ -127,6 +127,35 @@ class RecordTaskRunHeartbeat(_Command):
     task_run_id: str
 
 
+# --- concurrency limits and agents (runledger.domain.limits, runledger.domain.agents) -------------
+class SetConcurrencyLimit(_Command):
+    """Set the limit of a flow-run label (``kind="label"``) or a task-run tag (``kind="tag"``);
+    the limit keeps its id when it is updated."""
+
+    type: Literal["SetConcurrencyLimit"] = "SetConcurrencyLimit"
+    kind: Literal["label", "tag"]
+    name: str = Field(min_length=1)
+    limit: int = Field(ge=0)
+
+
+class DeleteConcurrencyLimit(_Command):
+    type: Literal["DeleteConcurrencyLimit"] = "DeleteConcurrencyLimit"
+    limit_id: str
+
+
+class RegisterAgent(_Command):
+    """The writer derives the agent's id (the same type, name, sorted labels and tenant give the
+    same id)."""
+
+    type: Literal["RegisterAgent"] = "RegisterAgent"
+    agent_type: str = ""
+    name: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    tenant_id: str | None = None
+    agent_config_id: str | None = None
+    core_version: str | None = None
+
+
 CommandPayload = Annotated[
     Union[
         CreateProject,
@@ -146,6 +175,9 @@ CommandPayload = Annotated[
         GetOrCreateTaskRun,
         RecordFlowRunHeartbeat,
         RecordTaskRunHeartbeat,
+        SetConcurrencyLimit,
+        DeleteConcurrencyLimit,
+        RegisterAgent,
     ],
     Field(discriminator="type"),
 ]

@@ -137,6 +137,37 @@ class FlowGroupUpdated(_Event):
     changes: dict[str, Any]
 
 
+# --- concurrency limits aggregate and agents aggregate ----------------------------------------
+class ConcurrencyLimitSet(_Event):
+    type: Literal["ConcurrencyLimitSet"] = "ConcurrencyLimitSet"
+    limit_id: str
+    kind: Literal["label", "tag"]
+    name: str
+    limit: int
+
+
+class ConcurrencyLimitDeleted(_Event):
+    type: Literal["ConcurrencyLimitDeleted"] = "ConcurrencyLimitDeleted"
+    limit_id: str
+    kind: Literal["label", "tag"]
+    name: str
+
+
+class AgentRegistered(_Event):
+    """A new agent, or a known one registering again with other details (``created`` stays the
+    first registration's time)."""
+
+    type: Literal["AgentRegistered"] = "AgentRegistered"
+    agent_id: str
+    agent_type: str = ""
+    name: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    tenant_id: str | None = None
+    agent_config_id: str | None = None
+    core_version: str | None = None
+    created: datetime
+
+
 # --- any aggregate --------------------------------------------------------------------------
 class VerdictRecorded(_Event):
     """A verdict that changed nothing (a refusal, or a no-op such as cancelling a finished run),
@@ -168,6 +199,9 @@ EventPayload = Annotated[
         ProjectCreated,
         FlowRegistered,
         FlowGroupUpdated,
+        ConcurrencyLimitSet,
+        ConcurrencyLimitDeleted,
+        AgentRegistered,
     ],
     Field(discriminator="type"),
 ]

@@ -16,7 +16,9 @@ runs asks every partition and merges.
 
 from __future__ import annotations
 
+from runledger.domain.agents import AGENTS_AGGREGATE
 from runledger.domain.idempotency import KEY_GROUPS, key_group
+from runledger.domain.limits import LIMITS_AGGREGATE
 from runledger.partitioning import partition_for
 
 from runledger.topics import REGISTRY_AGGREGATE
@@ -30,6 +32,8 @@ class Keys:
         self._tags = [f"{self.rm}:{{p{p}}}" for p in range(partitions)]
         self.registry_partition = partition_for(REGISTRY_AGGREGATE, partitions)
         self._reg = self._tags[self.registry_partition]
+        self.limits_partition = partition_for(LIMITS_AGGREGATE, partitions)
+        self.agents_partition = partition_for(AGENTS_AGGREGATE, partitions)
 
     # -- partitions ---------------------------------------------------------------------------
     def partition(self, aggregate_id: str) -> int:
@@ -91,6 +95,31 @@ class Keys:
     @property
     def registry(self) -> str:
         return f"{self._reg}:registry"
+
+    # -- other one-of-a-kind aggregates (each in its own partition's slot) ----------------------
+    def aggregate(self, aggregate_id: str) -> str:
+        """How far an aggregate other than a flow run or the registry has been projected."""
+        return f"{self._tags[self.partition(aggregate_id)]}:aggregate:{aggregate_id}"
+
+    def limits(self, kind: str) -> str:
+        """Hash: label (``kind="label"``) or tag (``"tag"``) -> JSON {id, name, limit, kind, updated_ms}."""
+        return f"{self._tags[self.limits_partition]}:limits:{kind}"
+
+    @property
+    def limit_ids(self) -> str:
+        """Hash: limit id -> ``kind \\x1f name``."""
+        return f"{self._tags[self.limits_partition]}:limit_ids"
+
+    @property
+    def agents(self) -> str:
+        """Hash: agent id -> JSON {id, type, name, labels, ..., created}."""
+        return f"{self._tags[self.agents_partition]}:agents"
+
+    @property
+    def agent_seen(self) -> str:
+        """Hash: agent id -> last contact (ms). Not a read model (liveness, never in the log): outside
+        ``rm``, so a rebuild keeps it, but in the agents' slot (one script checks both)."""
+        return f"{self.prefix}:{{p{self.agents_partition}}}:agent_seen"
 
     # -- secondary indexes (per partition; see runledger.readmodel.indexes) ---------------------
     def index(self, partition: int, name: str, value: str | None = None) -> str:

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from runledger.domain.states import StateType, is_finished, is_running
 from runledger.messages import events as e
 from runledger.messages.events import EventEnvelope
 from runledger.readmodel import indexes
 from runledger.readmodel.indexes import FLOW_RUN, TASK_RUN
 from runledger.readmodel.keys import Keys
+from runledger.topics import REGISTRY_AGGREGATE
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -24,6 +27,10 @@ def _iso(t: datetime | None) -> str | None:
 
 def _score(t: datetime) -> float:
     return t.timestamp() * 1000.0
+
+
+def _json(doc: dict[str, Any]) -> str:
+    return orjson.dumps(doc).decode()
 
 
 @dataclass
@@ -91,11 +98,13 @@ class Projection:
 
     def partition(self, env: EventEnvelope) -> int:
         """The events partition (and Redis slot) of the event's aggregate."""
-        return self.k.partition(env.flow_run_id) if env.flow_run_id is not None else self.k.registry_partition
+        return self.k.partition(env.flow_run_id if env.flow_run_id is not None else env.aggregate_id)
 
     def aggregate_key(self, env: EventEnvelope) -> str:
         """The document that records how far an aggregate's events have been applied."""
-        return self.k.flow_run(env.flow_run_id) if env.flow_run_id is not None else self.k.registry
+        if env.flow_run_id is not None:
+            return self.k.flow_run(env.flow_run_id)
+        return self.k.registry if env.aggregate_id == REGISTRY_AGGREGATE else self.k.aggregate(env.aggregate_id)
 
     def keys_needed(self, env: EventEnvelope) -> list[str]:
         p = env.payload
@@ -274,6 +283,25 @@ class Projection:
             case e.FlowGroupUpdated(flow_group_id=gid, changes=updates):
                 gkey = k.flow_group(gid)
                 put(gkey, {**docs[gkey], **updates, "updated": _iso(t)})
+            case e.ConcurrencyLimitSet(limit_id=lid, kind=kind, name=name, limit=limit):
+                doc = {"id": lid, "name": name, "limit": limit, "kind": kind, "updated_ms": int(_score(t))}
+                changes.h_set(k.limits(kind), name, _json(doc))
+                changes.h_set(k.limit_ids, lid, f"{kind}\x1f{name}")
+            case e.ConcurrencyLimitDeleted(limit_id=lid, kind=kind, name=name):
+                changes.h_del(k.limits(kind), name)
+                changes.h_del(k.limit_ids, lid)
+            case e.AgentRegistered():
+                doc = {
+                    "id": p.agent_id,
+                    "type": p.agent_type,
+                    "name": p.name,
+                    "labels": p.labels,
+                    "tenant_id": p.tenant_id,
+                    "agent_config_id": p.agent_config_id,
+                    "core_version": p.core_version,
+                    "created": _iso(p.created),
+                }
+                changes.h_set(k.agents, p.agent_id, _json(doc))
             case e.VerdictRecorded():
                 pass  # an audit record: no read model shows it
             case _:
