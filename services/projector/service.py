@@ -75,6 +75,16 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
+# The partition's read model is whole again: write its marker unless a rebuild fences it or the
+# checkpoint has not reached the target yet. KEYS: marker, fence, checkpoint; ARGV: target offset.
+_MARK_WHOLE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], '1')
+return 1
+"""
+
 
 def batch_arguments(checkpoint_key: str, fence_key: str, expected: bytes | None, end: int, channel: str, message: str, changes: Changes):
     """KEYS and ARGV of ``_APPLY_BATCH`` for ``changes``: one variadic command per key and kind."""
@@ -116,6 +126,7 @@ class ProjectorService(ConsumerService):
     max_records = 2000
     REALIGN_SECONDS = 0.5
     RESTORE_CHECK_SECONDS = 0.5  # are the idempotency keys whole? (see restore.py)
+    WHOLE_CHECK_SECONDS = 0.25  # is each partition's read model whole? (see ``mark_whole``)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -126,6 +137,9 @@ class ProjectorService(ConsumerService):
         self._last_realign = 0.0
         self.restorer = KeyRestorer(self)
         self._last_restore_check = 0.0
+        self._mark_whole = self.redis.register_script(_MARK_WHOLE)
+        self.whole_targets: dict[int, int] = {}  # partition -> events end to reach before it is whole
+        self._last_whole_check = 0.0
 
     def source(self):
         return self.topics.events
@@ -134,7 +148,11 @@ class ProjectorService(ConsumerService):
         await self.redis.aclose()
 
     def details(self) -> dict:
-        return {"applied": self.handled, "restoring_idempotency_keys": self.restorer.restoring}
+        return {
+            "applied": self.handled,
+            "restoring_idempotency_keys": self.restorer.restoring,
+            "replaying_partitions": sorted(self.whole_targets),
+        }
 
     async def handle(self, batch: dict) -> None:
         for tp, records in batch.items():
@@ -151,9 +169,52 @@ class ProjectorService(ConsumerService):
                 raise  # Redis is down: the consumer base pauses and retries
             except Exception as exc:  # the broker did not answer a question: ask again next time
                 self.log.warning("idempotency-key restore check failed; retrying", error=repr(exc)[:300])
+        if loop.time() - self._last_whole_check > self.WHOLE_CHECK_SECONDS:
+            self._last_whole_check = loop.time()
+            try:
+                await self.mark_whole()
+            except OUTAGE_ERRORS:
+                raise
+            except Exception as exc:
+                self.log.warning("read-model completeness check failed; retrying", error=repr(exc)[:300])
 
     async def on_assigned(self, partitions: list[int]) -> None:
         await self.seek_to_checkpoints([TopicPartition(self.topics.events.name, p) for p in partitions])
+        self.whole_targets = {p: t for p, t in self.whole_targets.items() if p in partitions}
+        try:
+            await self.mark_whole()  # a fresh start: whole at once (nothing to replay)
+        except Exception as exc:  # the periodic check does it later
+            self.log.warning("read-model completeness check failed; retrying", error=repr(exc)[:300])
+
+    async def mark_whole(self) -> None:
+        """Write each owned partition's ``whole`` marker once its read model holds every event the
+        log had when the marker was found missing (the read model was dropped: Redis lost its data,
+        or a rebuild). The target is the events end at that moment; a drop noticed later (the
+        checkpoint went backwards) takes a new one. Readers that must not act on a half-replayed
+        model check the marker: the scheduling gate refuses to grant a slot under limits it cannot
+        see whole (503, retried), rather than grant slots under limits that are not back yet."""
+        tps = sorted(self.consumer.assignment())
+        if not tps:
+            return
+        present = await redis_clients.mget(self.redis, [self.keys.whole(tp.partition) for tp in tps])
+        missing = [tp for tp, value in zip(tps, present) if value is None]
+        for tp, value in zip(tps, present):
+            if value is not None:
+                self.whole_targets.pop(tp.partition, None)
+        untargeted = [tp for tp in missing if tp.partition not in self.whole_targets]
+        if untargeted:
+            ends = await self.consumer.end_offsets(untargeted)
+            for tp in untargeted:
+                self.whole_targets[tp.partition] = ends[tp]
+        for tp in missing:
+            p = tp.partition
+            target = self.whole_targets.get(p)
+            if target is None:
+                continue
+            keys = [self.keys.whole(p), self.keys.rebuild_fence(p), self.keys.checkpoint(p)]
+            if await self._mark_whole(keys=keys, args=[target]) == 1:
+                self.whole_targets.pop(p, None)
+                self.log.info("read model whole", partition=p, events=target)
 
     async def realign(self) -> None:
         """When idle, notice dropped read models (checkpoint behind our position) and replay."""
@@ -169,6 +230,7 @@ class ProjectorService(ConsumerService):
             checkpoint = int(checkpoint or 0)
             if checkpoint < await self.consumer.position(tp):
                 self.log.info("read model behind the consumer: replaying", partition=tp.partition, checkpoint=checkpoint)
+                self.whole_targets.pop(tp.partition, None)  # dropped (again): a new target
                 self.consumer.seek(tp, checkpoint)
 
     async def seek_to_checkpoints(self, tps) -> None:
@@ -200,6 +262,7 @@ class ProjectorService(ConsumerService):
             if not fresh:
                 return
             if fresh[0][0].offset > position:  # read models were dropped: replay from there
+                self.whole_targets.pop(partition, None)  # dropped (again): a new target
                 self.consumer.seek(tp, position)
                 return
             docs = {k: (orjson.loads(v) if v is not None else None) for k, v in zip(keys, loaded)}

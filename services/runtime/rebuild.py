@@ -37,7 +37,8 @@ async def rebuild_read_models(settings: Settings, timeout: float = 300.0) -> dic
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             values = await redis_clients.mget(redis, [keys.checkpoint(tp.partition) for tp in tps])
-            if all(int(v or 0) >= end[tp] for tp, v in zip(tps, values)):
+            whole = await redis_clients.mget(redis, [keys.whole(tp.partition) for tp in tps])
+            if all(int(v or 0) >= end[tp] for tp, v in zip(tps, values)) and all(w is not None for w in whole):
                 break
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("the projector did not finish replaying; is it running?")

@@ -13,6 +13,12 @@ runs):
   ``scheduling_heartbeat_log_seconds`` still goes to the event log (the read model's
   ``heartbeat`` field), instead of one per run every 30 s.
 
+Limits are the projector's read model of the ``concurrency-limits`` aggregate (set and deleted
+through the writer), read once per ``Submitted``/``Running`` together with the limits
+partition's ``whole`` marker (one round trip). While the projector replays them after Redis lost
+its data (or a rebuild), the marker is missing and the gate answers 503 (``RestoringFromLog``,
+retried by clients) instead of granting a slot under a limit that is not back yet.
+
 A slot is granted by an atomic Redis script: holders (derived from run states by the scheduling
 service) plus live reservations must be under the limit; the grant adds a reservation that the
 scheduling service removes when it applies the run's event (or that expires after
@@ -78,11 +84,11 @@ class SchedulingGate:
     async def _limited(self, kind: str, names) -> list[tuple[str, int]]:
         if not names:
             return []
-        limits = await self.store.limits(kind)
+        limits = await self.store.enforced_limits(kind)
         return [(n, limits[n]["limit"]) for n in sorted(set(names)) if n in limits]
 
     async def _flow_slot(self, run_id: str, payload: c.SetFlowRunState, kwargs) -> Reply:
-        limits = await self.store.limits("label")
+        limits = await self.store.enforced_limits("label")
         if not limits:  # the common case: one small Redis read, no document read
             return await self.bus.send(run_id, payload, **kwargs)
         run = await self.read.flow_run(run_id)

@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 
 from runledger.domain.scheduling import QUEUE_PAGE, labels_match, labelset_id
 from runledger.readmodel.keys import Keys
+from runledger.services.runtime.stores import RestoringFromLog
 
 
 def now_ms() -> int:
@@ -209,12 +210,31 @@ class SchedulingStore:
 
     # -- limits (set and deleted through the writer; read here) -----------------------------------
     async def limits(self, kind: str) -> dict[str, dict[str, Any]]:
-        """Every limit of ``kind``: one HGETALL (the gate's one read per Submitted/Running)."""
         raw = await self.redis.hgetall(self.rm.limits(kind))
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
+    async def enforced_limits(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every limit of ``kind``, read to enforce them: one round trip (the gate's one read per
+        Submitted/Running), together with the limits partition's ``whole`` marker. Without it the
+        projector is replaying the limits after Redis lost them (or a rebuild): some may be missing,
+        so ``RestoringFromLog`` (503, retried) rather than a slot granted under a missing limit."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.rm.limits(kind))
+            pipe.exists(self.rm.whole(self.rm.limits_partition))
+            raw, whole = await pipe.execute()
+        if not whole:
+            raise RestoringFromLog("concurrency limits are being restored from the event log")
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
     async def has_limits(self, kind: str) -> bool:
-        return bool(await self.redis.exists(self.rm.limits(kind)))
+        """Whether any limit of ``kind`` exists (one round trip; ``RestoringFromLog`` as above)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.rm.limits(kind))
+            pipe.exists(self.rm.whole(self.rm.limits_partition))
+            exists, whole = await pipe.execute()
+        if not whole:
+            raise RestoringFromLog("concurrency limits are being restored from the event log")
+        return bool(exists)
 
     async def usage(self, kind: str, names: list[str]) -> dict[str, int]:
         """Slots in use per name: holders plus live reservations of runs not yet holding."""
@@ -302,7 +322,10 @@ class SchedulingStore:
         sets = {lsid: labels for lsid, labels in (await self.labelsets()).items() if labels_match(labels, agent_labels)}
         if not sets:
             return []
-        label_limits = await self.limits("label")
+        try:
+            label_limits = await self.enforced_limits("label")
+        except RestoringFromLog:
+            return []  # limits not whole yet: offer nothing rather than runs no agent could claim
         leasing = bool(agent_id and offer_ttl_ms)
         fetch = limit * 4 if (label_limits or leasing) else limit
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -130,6 +130,13 @@ class Keys:
     def checkpoint(self, partition: int) -> str:
         return f"{self._tags[partition]}:checkpoint"
 
+    def whole(self, partition: int) -> str:
+        """Present once the partition's read model holds every event its log had when the read model
+        was last found dropped (Redis lost its data, a rebuild): the projector writes it, and it
+        goes with the read model. Readers that must not act on a half-replayed model (the gate's
+        concurrency limits) check it."""
+        return f"{self._tags[partition]}:whole"
+
     @property
     def read_model_pattern(self) -> str:
         return f"{self.rm}:*"
