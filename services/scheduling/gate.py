@@ -35,6 +35,7 @@ from runledger.domain.scheduling import FLOW_SLOT_STATES, QUEUED_RETRY_SECONDS, 
 from runledger.domain.states import State, StateType, is_a
 from runledger.messages import commands as c
 from runledger.messages.commands import Rejection, Reply
+from runledger.services.runtime.stores import RestoringFromLog
 from runledger.services.scheduling.store import Denied, SchedulingStore
 
 S = StateType
@@ -92,6 +93,8 @@ class SchedulingGate:
         if not limits:  # the common case: one small Redis read, no document read
             return await self.bus.send(run_id, payload, **kwargs)
         run = await self.read.flow_run(run_id)
+        if run is None:
+            await self._not_restoring(run_id)
         labels = sorted(set((run or {}).get("labels") or []))
         limited = [(n, limits[n]["limit"]) for n in labels if n in limits]
         if not limited:
@@ -123,6 +126,8 @@ class SchedulingGate:
         if not await self.store.has_limits("tag"):
             return await self.bus.send(run_id, payload, **kwargs)
         task_run = await self.read.task_run(payload.task_run_id, run_id)
+        if task_run is None:
+            await self._not_restoring(run_id)
         limited = await self._limited("tag", (task_run or {}).get("tags"))
         if not limited:
             return await self.bus.send(run_id, payload, **kwargs)
@@ -135,6 +140,13 @@ class SchedulingGate:
         reply = await self.bus.send(run_id, payload, **kwargs)
         await self._release_if_refused(reply, "tag", [n for n, _ in limited], payload.task_run_id, expiry, TASK_SLOT_STATES)
         return reply
+
+    async def _not_restoring(self, run_id: str) -> None:
+        """A run (or task run) not in the read model: unknown (the writer will say so), unless its
+        partition is being replayed after Redis lost its data -- then its labels or tags are not
+        known yet, and letting the command through would skip its limits: 503, retried."""
+        if not await self.store.redis.exists(self.store.rm.whole(self.store.rm.partition(run_id))):
+            raise RestoringFromLog("the run's read model is being restored from the event log")
 
     @staticmethod
     def _as_queued(reply: Reply) -> Reply:

@@ -106,13 +106,18 @@ class SchedKeys:
         return f"{self.base}:*"
 
 
-# Grant a slot on every (occ, resv, limit) triple, or name the first that is full.
-# KEYS: occ1, resv1, occ2, resv2, ...; ARGV: member, now, expiry, limit1, limit2, ...
+# Grant a slot on every (occ, resv, limit) triple, or name the first that is full; refuse ({-1})
+# while the scheduling service has not written the holders of every partition again after Redis
+# lost them (a ``written:<p>`` marker missing): an empty holder set then means "not known yet".
+# KEYS: occ1, resv1, occ2, resv2, ..., then written:0 .. written:P-1;
+# ARGV: member, now, expiry, n (the number of pairs), limit1 .. limitn
 _GRANT = """
-local member, now, expiry = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = #KEYS / 2
+local member, now, expiry, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for j = 2 * n + 1, #KEYS do
+  if redis.call('EXISTS', KEYS[j]) == 0 then return {-1, 0, 0} end
+end
 for i = 1, n do
-  local occ, resv, limit = KEYS[2*i-1], KEYS[2*i], tonumber(ARGV[3+i])
+  local occ, resv, limit = KEYS[2*i-1], KEYS[2*i], tonumber(ARGV[4+i])
   if redis.call('SISMEMBER', occ, member) == 0 then
     redis.call('ZREMRANGEBYSCORE', resv, '-inf', now)
     local used = redis.call('SCARD', occ)
@@ -256,7 +261,9 @@ class SchedulingStore:
         return sorted(m.decode() for m in await self.redis.smembers(self.k.occ(kind, name)))
 
     async def grant(self, kind: str, names_limits: list[tuple[str, int]], member: str, ttl_ms: int) -> tuple[Denied | None, int]:
-        """Reserve a slot under every limited name for ``member``; returns (denial, expiry)."""
+        """Reserve a slot under every limited name for ``member``; returns (denial, expiry).
+        ``RestoringFromLog`` while the holders are not all written (no scheduling service has
+        rewritten some partition's holders since Redis lost them)."""
         if not names_limits:
             return None, 0
         now = now_ms()
@@ -264,10 +271,13 @@ class SchedulingStore:
         keys = []
         for name, _ in names_limits:
             keys += [self.k.occ(kind, name), self.k.resv(kind, name)]
-        result = await self._grant(keys=keys, args=[member, now, expiry, *(limit for _, limit in names_limits)])
+        keys += [self.k.written(p) for p in range(self.rm.partitions)]
+        result = await self._grant(keys=keys, args=[member, now, expiry, len(names_limits), *(limit for _, limit in names_limits)])
         index, used, limit = (int(x) for x in result)
         if index == 0:
             return None, expiry
+        if index < 0:
+            raise RestoringFromLog("slot holders are being written again by the scheduling service after Redis lost them")
         return Denied(kind, names_limits[index - 1][0], used, limit), expiry
 
     async def release(self, kind: str, names: list[str], member: str, expiry: int) -> None:

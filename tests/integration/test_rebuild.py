@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import register
+from tests.conftest import register, unique
 
 
 def snapshot(redis_client, pattern: str = "rl:rm:*") -> dict:
@@ -36,6 +36,14 @@ def make_history(api, project) -> list[dict]:
             assert api.post(f"/flow_runs/{run['id']}/state", json={"state": {"type": state}}).status_code == 200
     (task_run, *_) = api.get(f"/flow_runs/{runs[0]['id']}/task_runs").json()
     assert api.post(f"/task_runs/{task_run['id']}/state", json={"state": {"type": "Running"}}).status_code == 200
+    # concurrency limits (one set, updated, one deleted) and an agent: read models of the log too
+    label, tag = unique("rebuild-label"), unique("rebuild-tag")
+    assert api.put(f"/concurrency_limits/flow_runs/{label}", json={"limit": 3}).status_code == 200
+    assert api.put(f"/concurrency_limits/flow_runs/{label}", json={"limit": 4}).status_code == 200
+    tag_limit = api.put(f"/concurrency_limits/task_runs/{tag}", json={"limit": 1}).json()
+    assert api.delete(f"/concurrency_limits/{tag_limit['id']}").status_code == 200
+    assert api.put(f"/concurrency_limits/task_runs/{tag}-kept", json={"limit": 2}).status_code == 200
+    assert api.post("/agents", json={"type": "LocalAgent", "name": unique("agent"), "labels": [label]}).status_code == 200
     return runs
 
 
@@ -51,7 +59,7 @@ def rebuild(stack) -> subprocess.CompletedProcess:
 
 def assert_indexes_present(live: dict) -> None:
     names = [k.decode() for k in live]
-    for part in (":checkpoint", ":flow_run:", ":task_run:", ":idx:fr:state:Running", ":idx:fr:state:Success",
+    for part in (":checkpoint", ":whole", ":limits:label", ":limits:tag", ":limit_ids", ":agents", ":flow_run:", ":task_run:", ":idx:fr:state:Running", ":idx:fr:state:Success",
                  ":idx:fr:due", ":idx:fr:label:gpu", ":idx:fr:flow:", ":idx:tr:flow_run:", ":idx:tr:state:Running"):
         assert any(part in n for n in names), part
     assert {kind for kind, _ in live.values()} >= {"string", "zset", "set", "hash"}
