@@ -6,12 +6,17 @@ tests), with the scheduling service and frequent writer snapshots."""
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 import redis as redis_sync
 
+from runledger.domain.limits import LIMITS_AGGREGATE
+from runledger.partitioning import partition_for
 from runledger.services.devstack import Stack
 from tests.integration.helpers import all_events
 from tests.integration.test_scheduling import FAST, eventually, flow, gql, poll, register_agent, run, set_state, u
@@ -25,6 +30,8 @@ TASK_STATES = "mutation($input: set_task_run_states_input!) { set_task_run_state
 @pytest.fixture(scope="module")
 def lstack():
     env = {**FAST, "RUNLEDGER_SNAPSHOT_EVERY_EVENTS": "5", "RUNLEDGER_SNAPSHOT_EVERY_SECONDS": "1"}
+    # no recovery here: a claimed run must keep its slot for the whole test (no heartbeats are sent)
+    env.update(RUNLEDGER_SCHEDULING_LAZARUS_SECONDS="600", RUNLEDGER_SCHEDULING_ZOMBIE_SECONDS="600")
     s = Stack(own_redis=True, partitions=2, extra_env=env)
     try:
         s.start()
@@ -112,12 +119,18 @@ def test_limits_and_agents_survive_redis_losing_its_data_and_a_writer_restart(ls
     assert eventually(lambda: start_task(http, other_tr["id"]) == "QUEUED", timeout=30)
 
     # The writer restarts (kill -9) from its snapshot and the tail: it still knows every limit.
+    time.sleep(1.5)  # a snapshot is due every second (with new events)
     lstack.kill("transitions")
     lstack.start_service("transitions")
     lstack.wait_ready("transitions")
+    with urllib.request.urlopen(f"http://127.0.0.1:{lstack.health_ports['transitions']}/healthz", timeout=2) as r:
+        books = json.loads(r.read())["books"]
+    limits_partition = partition_for(LIMITS_AGGREGATE, lstack.partitions)
+    assert books[str(limits_partition)]["restored_position"], books  # from a snapshot, then the tail
     again = gql(http, UPDATE_LABEL, {"input": {"name": label, "limit": 2}})["data"]["update_flow_concurrency_limit"]["id"]
     assert again == label_id  # an update keeps the id
     assert register_agent(http, [label], agent_name) == agent and len(agents(http)) == 1
+    assert limits(http, "flow_runs")[label]["used"] == 1  # r1 still holds its slot
     eventually(lambda: poll(http, [label]) == [r2["id"]])  # the second slot: r2 is offered now
     assert set_state(http, r2["id"], "Submitted", 1).status_code == 200
 
