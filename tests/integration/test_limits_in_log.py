@@ -15,7 +15,8 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from runledger.domain.limits import LIMITS_AGGREGATE
+from runledger.domain.limits import LIMITS_AGGREGATE, limit_id_for
+from runledger.domain.scheduling import agent_id_for
 from runledger.partitioning import partition_for
 from runledger.services.devstack import Stack
 from tests.integration.helpers import all_events
@@ -140,3 +141,26 @@ def test_limits_and_agents_survive_redis_losing_its_data_and_a_writer_restart(ls
     assert start_task(http, other_tr["id"]) == "SUCCESS"  # no limit any more
     again_gone = gql(http, delete, {"input": {"limit_id": tag_id}}, errors=True)
     assert again_gone["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+def test_limits_and_agents_an_older_version_kept_only_in_redis_are_moved_into_the_log(lstack, http):
+    label, agent_name = u("old"), u("old-agent")
+    rc = redis_sync.Redis.from_url(lstack.redis_url)
+    old_limit = {"id": "whatever", "name": label, "limit": 7, "kind": "label", "updated_ms": 1}
+    old_agent = {"id": "x", "type": "LocalAgent", "name": agent_name, "labels": [label], "tenant_id": None,
+                 "agent_config_id": None, "core_version": "1.4.1", "created": "2026-01-01T00:00:00+00:00"}
+    rc.hset("rl:{sched}:limits:label", label, json.dumps(old_limit))
+    rc.hset("rl:{sched}:limit_ids", "whatever", f"label\x1f{label}")
+    rc.hset("rl:{sched}:agents", "x", json.dumps(old_agent))
+    lstack.kill("ingress")
+    lstack.start_service("ingress")
+    lstack.wait_ready("ingress")
+    # the import ends by dropping the old keys
+    eventually(lambda: not rc.exists("rl:{sched}:limits:label", "rl:{sched}:limit_ids", "rl:{sched}:agents"), timeout=30)
+    assert limits(http, "flow_runs")[label]["limit"] == 7
+    assert limits(http, "flow_runs")[label]["id"] == limit_id_for("label", label)  # the id the log gives
+    listed = {a["name"]: a for a in http.get("/api/v1/agents").json()}
+    assert listed[agent_name]["id"] == agent_id_for("LocalAgent", agent_name, [label]) and listed[agent_name]["core_version"] == "1.4.1"
+    events = all_events(lstack)
+    assert any(e.type == "ConcurrencyLimitSet" and e.payload.name == label for e in events)
+    assert any(e.type == "AgentRegistered" and e.payload.name == agent_name for e in events)
