@@ -183,7 +183,7 @@ def install(app: FastAPI) -> None:
     async def lifespan(a: FastAPI):
         async with original(a) as state:
             application = a.state.application
-            store = SchedulingStore(application.read.redis, application.settings.redis_prefix, application.settings.partitions)
+            store = SchedulingStore(application.read.redis, application.settings.redis_prefix, partitions=application.settings.partitions)
             application.bus = SchedulingGate(application.bus, store, application.read, application.settings)
             a.state.scheduling = frontend = SchedulingFrontend(application, store, application.settings)
             upgrade = asyncio.create_task(_import_legacy(frontend))

@@ -185,7 +185,9 @@ class Denied:
 
 
 class SchedulingStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str = "rl", partitions: int = 8) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str = "rl", *, partitions: int) -> None:
+        # ``partitions`` must be the deployment's (settings.partitions): limits and agents live in
+        # their aggregates' partition slots, and a grant checks every partition's holders marker.
         self.redis = redis
         self.k = SchedKeys(prefix)
         self.rm = Keys(prefix, partitions)  # limits and agents: the projector's read models
