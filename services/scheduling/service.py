@@ -166,7 +166,7 @@ class SchedulingService(ConsumerService):
     async def start_resources(self) -> None:
         self.redis = redis_clients.client(self.settings, max_connections=64)
         self.store = SchedulingStore(self.redis, self.settings.redis_prefix, partitions=self.settings.partitions)
-        self.bus = CommandBus(self.settings, self.redis, Keys(self.settings.redis_prefix))
+        self.bus = CommandBus(self.settings, self.redis, Keys(self.settings.redis_prefix, self.settings.partitions))
         await self.bus.start()
         self.scheduler = Scheduler(self.settings, self.bus, self.registry, self.log)
         self.registry_tp = TopicPartition(self.topics.events.name, registry_partition(self.topics.events.partitions))

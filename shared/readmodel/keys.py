@@ -25,7 +25,7 @@ from runledger.topics import REGISTRY_AGGREGATE
 
 
 class Keys:
-    def __init__(self, prefix: str = "rl", partitions: int = 8) -> None:
+    def __init__(self, prefix: str, partitions: int) -> None:  # no default: a wrong partition count misplaces every key
         self.prefix = prefix
         self.partitions = partitions
         self.rm = f"{prefix}:rm"

@@ -13,7 +13,7 @@ from runledger.domain.idempotency import scoped_key
 from runledger.readmodel.keys import Keys
 from tests.conftest import register, unique
 
-KEYS = Keys("rl")
+KEYS = Keys("rl", 4)  # the session stack's partitions (idempotency keys do not depend on them)
 
 
 def idem_key(flow_id: str, key: str) -> str:

@@ -23,7 +23,7 @@ from runledger.topics import REGISTRY_AGGREGATE
 from tests.unit.factories import T0, at, envelope, spec
 from tests.unit.test_registration import SERIALIZED
 
-K = Keys("rl")
+K = Keys("rl", 8)
 SCHEDULE = {"type": "Schedule", "clocks": [{"type": "IntervalClock", "interval": 3600000000, "start_date": None}]}
 
 

@@ -31,7 +31,7 @@ LIFECYCLE = ["Scheduled", "Submitted", "Running", "Running", "Success", "Failed"
 # any state, but most of the time one a real run goes through, so that runs get somewhere
 states = st.one_of(st.sampled_from(STATES), st.sampled_from(LIFECYCLE), st.sampled_from(LIFECYCLE))
 RUNS = {"run-1": 2, "run-2": 1}  # run id -> planned task runs
-K = Keys("rl")
+K = Keys("rl", 8)
 
 
 # -- the reference model ---------------------------------------------------------------------

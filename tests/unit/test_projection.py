@@ -14,7 +14,7 @@ from runledger.readmodel.projection import Changes, Projection
 from runledger.topics import REGISTRY_AGGREGATE
 from tests.unit.factories import T0, at, envelope, set_state, set_task_state, spec
 
-K = Keys("rl")
+K = Keys("rl", 8)
 
 
 class Run:

@@ -33,7 +33,7 @@ from runledger.readmodel.projection import Changes, Projection
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 RECORDED = "recorded_log_v1"
-KEYS = Keys("rl")
+KEYS = Keys("rl", 8)
 
 
 # -- what the test computes from a log (record_history.py writes the same, once) ---------------
