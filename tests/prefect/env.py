@@ -6,18 +6,25 @@ live in ``.venv``. The tests create ``.venv-prefect`` themselves from the hash-l
 with the lock's hash so it is installed once per lock, on a fresh machine or CI as on a laptop.
 
 ``PrefectClient`` runs ``prefect`` CLI commands and Python snippets in that venv against one
-RunLedger endpoint, each process with its own ``PREFECT__HOME_DIR``/``HOME`` and a time limit.
+RunLedger endpoint, each process with its own ``PREFECT__HOME_DIR``/``HOME`` and a time limit;
+``PrefectClient.spawn`` starts a long-lived one (an agent, ``prefect run --watch``) as a
+``Proc`` whose output is read as it comes.
 """
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +97,140 @@ class Result:
         return self
 
 
+class Proc:
+    """A running process (in a session of its own) whose merged stdout and stderr are read as they
+    come: raw ``os.read`` chunks on a thread, never lines, since a click prompt ends without a
+    newline. Every wait has a deadline; ``stop`` ends the process and everything it started."""
+
+    def __init__(self, args: list[str], env: dict, cwd: Path) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            args, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._text = ""
+        self._eof = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name=f"read-{self.popen.pid}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        fd = self.popen.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            with self._changed:
+                self._text += decoder.decode(chunk, final=not chunk)
+                self._eof = not chunk
+                self._changed.notify_all()
+            if not chunk:
+                return
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return self._text
+
+    def _describe(self) -> str:
+        return f"{self.args[:4]}... (pid {self.pid}, exit code {self.popen.poll()})\n--- output\n{self.output[-6000:]}"
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match:
+        """The first match of regex ``pattern`` in the output (from offset ``start``), waiting for
+        it at most ``timeout`` seconds; fails if the process ends first or the time runs out."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = regex.search(self._text, start)
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if self._eof or left <= 0:
+                    break
+                self._changed.wait(min(left, 1.0))
+        why = "exited" if self._eof else f"printed nothing matching in {timeout} s"
+        raise AssertionError(f"{pattern!r} not seen: the process {why}: {self._describe()}")
+
+    def send(self, text: str) -> None:
+        self.popen.stdin.write(text.encode())
+        self.popen.stdin.flush()
+
+    def interrupt(self) -> None:
+        """What Ctrl-C does: SIGINT to the process."""
+        self.popen.send_signal(signal.SIGINT)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, waiting at most ``timeout`` seconds (then the process is stopped and the
+        wait fails), once the whole output is read."""
+        try:
+            code = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"did not exit within {timeout} s: {self._describe()}") from None
+        self._reader.join(timeout=10)
+        return code
+
+    def _family(self) -> list[int]:
+        """This process and its descendants (from /proc), whatever session they moved to."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        family, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            family.append(pid)
+            todo += children.get(pid, [])
+        return family
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to the process and every descendant, SIGKILL to whatever is left after ``grace``."""
+        family = self._family() if self.popen.poll() is None else []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)  # its session's group (start_new_session): orphans included
+            except (ProcessLookupError, PermissionError):
+                pass
+            for pid in family:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(_alive(p) for p in family):
+                try:
+                    self.popen.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    pass
+            if not any(_alive(p) for p in family):
+                break
+        self.popen.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.popen.stdin:
+            try:
+                self.popen.stdin.close()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class PrefectClient:
     """Runs the Prefect 1.4.1 CLI and Python snippets against ``endpoint`` (RunLedger's root URL)."""
 
@@ -130,6 +271,11 @@ class PrefectClient:
     def python(self, code: str, cwd: Path | None = None, env: dict | None = None, timeout: float | None = None) -> Result:
         """A Python snippet in the Prefect venv (dedented; its stdout is the result)."""
         return self._run([str(python()), "-c", textwrap.dedent(code)], cwd, env, timeout)
+
+    def spawn(self, *args: str, cwd: Path | None = None, env: dict | None = None) -> Proc:
+        """``prefect <args>`` left running: a ``Proc`` to read, signal and stop (the caller stops it)."""
+        full_env = {**self.env, "PYTHONUNBUFFERED": "1", **(env or {})}
+        return Proc([str(VENV / "bin" / "prefect"), *args], full_env, cwd or self.home)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from runledger.services.ingress.application import public
 from runledger.services.ingress.graphql.coercion import json_object, snake, state_input
 from runledger.services.ingress.graphql.errors import error, translate_errors
 from runledger.services.ingress.graphql.views import (
+    anchor,
     app_of,
     flow_run_view,
     flow_views,
@@ -31,17 +32,46 @@ async def resolve_flow_run_by_pk(_, info, id):
     return with_state_fields(public(doc)) if doc else None
 
 
+MAX_TASK_RUN_FILTER_RUNS = 100  # runs whose task runs one ``task_runs`` filter may load
+
+
 @query.field("flow_run")
 @translate_errors
 async def resolve_flow_runs(_, info, where=None, order_by=None, limit=None, offset=None):
     where = json_object(where, "where")
-    return await planned(info, "flow_run", where, order_by, limit, offset, flow_run_view, _related_of_flow_run)
+    # The 1.4.1 agent's metadata query (R15) keeps a Running run only if one of its task runs is
+    # due: ``_or: [{state: Scheduled}, {state: Running, task_runs: {state_start_time: {_lte}}}]``,
+    # anchored on the ids the queue gave it. Those runs' task runs are loaded for the filter.
+    task_runs: dict[str, list[dict]] = {}
+    if _mentions(where, "task_runs"):
+        ids = anchor(where, "id")
+        if ids is None or len(ids) > MAX_TASK_RUN_FILTER_RUNS:
+            raise error(
+                f"where: filtering flow runs on task_runs needs the runs' ids (id: {{_eq}} or {{_in}}, at most {MAX_TASK_RUN_FILTER_RUNS})",
+                "BAD_USER_INPUT",
+                field="where",
+            )
+        read = app_of(info).read
+        for doc in await read.flow_runs(ids):
+            task_runs[doc["id"]] = [task_run_view(d) for d in await read.task_runs(doc["task_run_ids"], flow_run_id=doc["id"])]
+
+    def related(doc, name):
+        if name == "states":
+            return [state_view(e) for e in doc["_state_entries"]]
+        if name == "task_runs" and doc["id"] in task_runs:
+            return task_runs[doc["id"]]
+        raise ValueError(f"filtering flow runs on {name!r} is not supported")
+
+    return await planned(info, "flow_run", where, order_by, limit, offset, flow_run_view, related)
 
 
-def _related_of_flow_run(doc, name):
-    if name == "states":
-        return [state_view(e) for e in doc["_state_entries"]]
-    raise ValueError(f"filtering flow runs on {name!r} is not supported")
+def _mentions(where, name: str) -> bool:
+    """Whether a ``where`` filters on ``name`` anywhere (inside ``_and``/``_or``/``_not`` too)."""
+    if isinstance(where, list):
+        return any(_mentions(part, name) for part in where)
+    if isinstance(where, dict):
+        return any(key == name or (key.startswith("_") and _mentions(value, name)) for key, value in where.items())
+    return False
 
 
 # -- nested fields -------------------------------------------------------------------------------

@@ -1,0 +1,450 @@
+"""Issue 9's agent journeys with the real, unmodified Prefect 1.4.1 client: ``prefect agent local
+start`` (a subprocess, killed at teardown, with everything it started) deploys the runs that
+``prefect run``, ``Client.create_flow_run`` and the ``create_flow_run`` task make, against a
+RunLedger stack with every service, the scheduling service included.
+
+Every wait is bounded and polls for a condition with a deadline. Output is read as it comes
+(``tests/prefect/env.py``: ``Proc``), not by lines: ``prefect run``'s "cancel this flow run?"
+prompt has no newline. ``--watch`` prints state lines (from the run's states) and log lines
+(from the run's logs); they reach RunLedger through two consumers (projector, log service), so
+the tests check the order of the state lines among themselves, never how log lines interleave
+with them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runledger.services.devstack import ALL_SERVICES, Stack
+from tests.prefect.env import PrefectClient, Proc
+from tests.prefect.conftest import unique
+
+pytestmark = pytest.mark.slow
+
+# The flow-run processes the agent starts inherit the agent's environment: logs go to RunLedger,
+# flushed every second instead of every 5 s, and a cancelled run is noticed within 2 s.
+AGENT_ENV = {
+    "PREFECT__CLOUD__SEND_FLOW_RUN_LOGS": "true",
+    "PREFECT__CLOUD__LOGGING_HEARTBEAT": "1",
+    "PREFECT__CLOUD__CHECK_CANCELLATION_INTERVAL": "2",
+}
+RUN_TIMEOUT = 90  # seconds any one prefect process may take (each journey stays under a minute)
+
+HELLO = '''\
+import time
+
+import prefect
+from prefect import Flow, Parameter, task
+from prefect.engine.results import LocalResult
+from prefect.storage import Local
+
+
+@task
+def say_hello(who):
+    prefect.context.get("logger").info("hello %s", who)
+    return "hello " + who
+
+
+@task
+def shout(text):
+    time.sleep(2)  # the run's log lines are flushed (every second) before it ends
+    return text.upper()
+
+
+with Flow("@NAME@", storage=Local(path=__file__, stored_as_script=True), result=LocalResult(dir="@RESULTS@")) as flow:
+    who = Parameter("who", default="world")
+    shout(say_hello(who))
+'''
+
+PARENT_CHILD = '''\
+import prefect
+from prefect import Flow, Parameter, task
+from prefect.engine.results import LocalResult
+from prefect.storage import Local
+from prefect.tasks.prefect import create_flow_run, get_task_run_result, wait_for_flow_run
+
+
+@task(result=LocalResult(dir="@RESULTS@"))
+def create_some_data(length: int):
+    prefect.context.get("logger").info("making %s numbers", length)
+    return list(range(length))
+
+
+with Flow("@CHILD@", storage=Local(path=__file__, stored_as_script=True)) as child_flow:
+    data_size = Parameter("data_size", default=5)
+    data = create_some_data(data_size)
+
+
+@task(log_stdout=True)
+def transform_and_show(data):
+    print(f"Got: {data!r}")
+    new_data = [x + 1 for x in data]
+    print(f"Created: {new_data!r}")
+    return new_data
+
+
+with Flow("@PARENT@", storage=Local(path=__file__, stored_as_script=True)) as parent_flow:
+    child_run_id = create_flow_run(flow_name="@CHILD@", project_name="@PROJECT@", parameters=dict(data_size=10))
+    child_done = wait_for_flow_run(child_run_id, stream_logs=True, raise_final_state=True)
+    child_data = get_task_run_result(child_run_id, "create_some_data-1", upstream_tasks=[child_done])
+    transform_and_show(child_data)
+'''
+
+RETRIES_AND_MAPS = '''\
+import datetime
+import pathlib
+
+import prefect
+from prefect import Flow, Parameter, task
+from prefect.engine.results import LocalResult
+from prefect.storage import Local
+
+MARKER = pathlib.Path("@RESULTS@") / "first-attempt-made"
+
+
+@task(task_run_name="double-{x}")
+def double(x):
+    return 2 * x
+
+
+@task(max_retries=1, retry_delay=datetime.timedelta(seconds=2))
+def flaky(values):
+    if not MARKER.exists():
+        MARKER.parent.mkdir(parents=True, exist_ok=True)
+        MARKER.touch()
+        raise RuntimeError("the first attempt fails")
+    prefect.context.get("logger").info("second attempt: %s", sum(values))
+    return sum(values)
+
+
+with Flow("@NAME@", storage=Local(path=__file__, stored_as_script=True), result=LocalResult(dir="@RESULTS@")) as flow:
+    xs = Parameter("xs", default=[1, 2, 3])
+    flaky(double.map(xs))
+'''
+
+SLOW = '''\
+import time
+
+import prefect
+from prefect import Flow, task
+from prefect.storage import Local
+
+
+@task
+def take_a_while():
+    prefect.context.get("logger").info("started the long task")
+    time.sleep(60)
+
+
+with Flow("@NAME@", storage=Local(path=__file__, stored_as_script=True)) as flow:
+    take_a_while()
+'''
+
+
+# -- the stack, the agent, the client ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rl():
+    """A RunLedger stack with every service (the scheduling service serves the agent's queue)."""
+    stack = Stack(own_redis=True, partitions=4)
+    try:
+        stack.start(ALL_SERVICES)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def http(rl):
+    with httpx.Client(base_url=rl.api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def agent(prefect_env, rl, tmp_path_factory) -> Proc:
+    """``prefect agent local start`` with its default labels (this host's name, which ``Local``
+    storage also gives every flow registered here), stopped with its flow-run processes at the end."""
+    client = PrefectClient(rl.api_url, tmp_path_factory.mktemp("agent-home"), send_logs=True)
+    proc = client.spawn("agent", "local", "start", "--name", "journeys-agent", env=AGENT_ENV)
+    try:
+        proc.wait_for(r"Waiting for flow runs", timeout=60)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def pf(prefect_env, rl, tmp_path) -> PrefectClient:
+    return PrefectClient(rl.api_url, tmp_path / "home", send_logs=True, timeout=RUN_TIMEOUT)
+
+
+def write(tmp_path: Path, script: str, **names: str) -> Path:
+    directory = tmp_path / "flows"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "flow.py"
+    text = script.replace("@RESULTS@", str(tmp_path / "results"))
+    for key, value in names.items():
+        text = text.replace(f"@{key.upper()}@", value)
+    path.write_text(text)
+    return path
+
+
+def register(pf: PrefectClient, path: Path, project: str, count: int = 1) -> list[str]:
+    pf.cli("create", "project", project).check()
+    out = pf.cli("register", "-p", str(path), "--project", project).check().output
+    assert f"{count} registered" in out, out
+    return re.findall(r"ID: ([0-9a-f-]{36})", out)
+
+
+def last_json(result):
+    result.check()
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def gql(http: httpx.Client, query: str) -> dict:
+    r = http.post("/graphql", json={"query": query})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert not body.get("errors"), body
+    return body["data"]
+
+
+def run_doc(http: httpx.Client, run_id: str) -> dict:
+    query = '{ flow_run_by_pk(id: "%s") { id state state_message labels states { state message } task_runs { id name map_index state task { slug } states { state } } } }'
+    return gql(http, query % run_id)["flow_run_by_pk"]
+
+
+def wait_for_state(http: httpx.Client, run_id: str, states: set[str], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = run_doc(http, run_id)
+        if doc["state"] in states:
+            return doc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} not in {states} after {timeout} s: {doc}")
+        time.sleep(0.5)
+
+
+def states_of(doc: dict) -> list[str]:
+    return [s["state"] for s in doc["states"]]
+
+
+def ordered(text: str, *patterns: str) -> list[int]:
+    """Where each pattern first matches, failing unless they appear in this order."""
+    at, out = 0, []
+    for pattern in patterns:
+        found = re.compile(pattern).search(text, at)
+        assert found, f"{pattern!r} not found after offset {at} in:\n{text}"
+        out.append(found.start())
+        at = found.end()
+    return out
+
+
+def run_id_of(output: str) -> str:
+    return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
+
+
+# -- 1. the agent deploys a run that `prefect run --watch` follows ------------------------------------
+def test_prefect_run_watch_with_a_local_agent(pf, agent, http, tmp_path):
+    name = unique("hello-world")
+    register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
+
+    run = pf.spawn("run", "--name", name, "--param", 'who="marvin"', "--watch")
+    try:
+        code = run.wait(timeout=RUN_TIMEOUT)
+    finally:
+        run.stop()
+    out = run.output
+    assert code == 0, out
+    run_id = run_id_of(out)
+    # The seed's lines: state lines in order, the run's own log lines, the verdict last.
+    ordered(
+        out,
+        rf"Creating run for flow '{name}'\.\.\. Done",
+        r"Watching flow run execution\.\.\.",
+        r"└── \d\d:\d\d:\d\d \| INFO    \| Entered state <Scheduled>: Flow run scheduled\.",
+        r"\| INFO    \| Entered state <Submitted>: Submitted for execution",
+        r"\| INFO    \| Entered state <Running>: Running flow\.",
+        r"\| INFO    \| Entered state <Success>: All reference tasks succeeded\.",
+        r"Flow run succeeded!\s*$",
+    )
+    for line in (r"Submitted for execution: PID: \d+", rf"Beginning Flow run for '{name}'", r"hello marvin", r"Task 'say_hello': Starting task run\.\.\."):
+        assert re.search(r"└── \d\d:\d\d:\d\d \| INFO    \| " + line, out), (line, out)
+    doc = run_doc(http, run_id)
+    assert states_of(doc) == ["Scheduled", "Submitted", "Running", "Success"]
+    agent.wait_for(re.escape(run_id), timeout=5)  # the agent says which run it deployed
+
+
+# -- 2. no agent has the run's labels: the client's warning ------------------------------------------
+def test_prefect_run_watch_warns_when_no_agent_has_the_labels(pf, agent, http, tmp_path):
+    name = unique("hello-world")
+    register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
+
+    run = pf.spawn("run", "--name", name, "--label", "nobody", "--watch")
+    try:
+        warning = run.wait_for(r"has not been submitted by an agent\. ([^\n]*)\n", timeout=45)
+        assert re.fullmatch(
+            r"You have [1-9]\d* healthy agents in your tenant but do not have an agent with labels \{'nobody'\}\. "
+            r"Start an agent with matching labels to deploy your flow run\.",
+            warning.group(1),
+        ), warning.group(0)
+        run_id = run_id_of(run.output)
+        assert states_of(run_doc(http, run_id)) == ["Scheduled"]  # the agent never took it
+        run.interrupt()  # then Ctrl-C: cancelled (from Scheduled, straight to Cancelled)
+        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=20)
+        run.send("y\n")
+        run.wait_for(r"Cancelled flow run\.", timeout=20)
+        assert run.wait(timeout=20) == 0
+    finally:
+        run.stop()
+    assert states_of(run_doc(http, run_id)) == ["Scheduled", "Cancelled"]
+
+
+# -- 3. agentless: prefect run --execute ----------------------------------------------------------------
+def test_prefect_run_execute_without_an_agent(pf, agent, http, tmp_path):
+    name = unique("hello-world")
+    register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
+
+    result = pf.cli("run", "--name", name, "--param", 'who="trillian"', "--execute").check()
+    out = result.output
+    assert re.search(r"Labels: \['agentless-run-[0-9a-f]{8}'\]", out), out
+    ordered(out, r"Executing flow run\.\.\.", r"hello trillian", r"Flow run succeeded!")
+    doc = run_doc(http, run_id_of(out))
+    assert doc["state"] == "Success"
+    assert states_of(doc) == ["Scheduled", "Running", "Success"]  # no agent submitted it
+
+
+# -- 4. FlowRunView of a run the agent executed ----------------------------------------------------------
+def test_flow_run_view_of_an_agent_run_holds_its_logs(pf, agent, http, tmp_path):
+    name = unique("hello-world")
+    [flow_id] = register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
+    run_id = last_json(
+        pf.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", parameters={{"who": "arthur"}})))')
+    )
+    wait_for_state(http, run_id, {"Success", "Failed"}, timeout=45)
+
+    seen = last_json(
+        pf.python(
+            f"""
+            import json, time
+            from prefect.backend import FlowRunView
+            deadline = time.monotonic() + 20
+            while True:  # the last lines are flushed when the flow-run process exits
+                view = FlowRunView.from_flow_run_id("{run_id}")
+                logs = view.get_logs()
+                if any("Flow run SUCCESS" in log.message for log in logs) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            print(json.dumps({{
+                "state": type(view.state).__name__,
+                "states": [type(s).__name__ for s in view.states],
+                "messages": [log.message for log in logs],
+                "levels": sorted({{log.level for log in logs}}),
+                "result": view.get_task_run(task_slug="shout-1").get_result(),
+                "task_runs": sorted((t.task_slug, type(t.state).__name__) for t in view.get_all_task_runs()),
+            }}))
+            """
+        )
+    )
+    assert seen["state"] == "Success" and seen["states"] == ["Scheduled", "Submitted", "Running", "Success"]
+    messages = seen["messages"]
+    for expected in ("Submitted for execution: PID", f"Beginning Flow run for '{name}'", "hello arthur", "Flow run SUCCESS: all reference tasks succeeded"):
+        assert any(m.startswith(expected) for m in messages), (expected, messages)
+    assert messages.count("hello arthur") == 1  # each line stored once
+    assert seen["levels"] == [20]  # INFO
+    assert seen["result"] == "HELLO ARTHUR"
+    assert seen["task_runs"] == [["say_hello-1", "Success"], ["shout-1", "Success"], ["who", "Success"]]
+
+
+# -- 5. a parent flow creates, waits for and reads a child run the agent executes -------------------------
+def test_parent_flow_with_create_flow_run_wait_and_get_task_run_result(pf, agent, http, tmp_path):
+    project, parent, child = unique("demo"), unique("parent"), unique("child")
+    register(pf, write(tmp_path, PARENT_CHILD, parent=parent, child=child, project=project), project, count=2)
+
+    result = pf.cli("run", "--name", parent, "--execute").check()
+    out = result.output
+    child_id = re.search(r"Created flow run '[^']+': \S+/flow-run/([0-9a-f-]{36})", out).group(1)
+    ordered(out, rf"Creating flow run '[^']+' for flow '{child}'", r"Got: \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]", r"Created: \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\]", r"Flow run succeeded!")
+    # wait_for_flow_run(stream_logs=True) relays the child's states and lines into the parent's log
+    assert re.search(rf"Flow '{child}': Entered state <Success>", out), out
+    assert re.search(rf"Flow '{child}': making 10 numbers", out), out
+    child_doc = run_doc(http, child_id)
+    assert states_of(child_doc) == ["Scheduled", "Submitted", "Running", "Success"]  # the agent ran it
+    assert states_of(run_doc(http, run_id_of(out)))[-1] == "Success"
+
+
+# -- 6. the agent cannot deploy the run --------------------------------------------------------------------
+def test_a_run_the_agent_cannot_deploy_ends_failed_with_its_message(pf, agent, http, tmp_path):
+    name = unique("hello-world")
+    [flow_id] = register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
+    run_id = last_json(
+        pf.python(
+            f"""
+            import json, prefect
+            from prefect.run_configs import DockerRun
+            print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", run_config=DockerRun(image="nowhere:latest"))))
+            """
+        )
+    )
+    doc = wait_for_state(http, run_id, {"Failed", "Success"}, timeout=45)
+    assert doc["state"] == "Failed" and states_of(doc) == ["Scheduled", "Submitted", "Failed"], doc
+    assert "DockerRun" in doc["state_message"] and "LocalRun" in doc["state_message"], doc
+
+
+# -- 7. retries, mapped tasks, task run names ---------------------------------------------------------------
+def test_retries_mapped_tasks_and_task_run_names(pf, agent, http, tmp_path):
+    name = unique("retries")
+    [flow_id] = register(pf, write(tmp_path, RETRIES_AND_MAPS, name=name), unique("demo"))
+    run_id = last_json(pf.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}")))'))
+    doc = wait_for_state(http, run_id, {"Success", "Failed", "Cancelled"}, timeout=50)
+    assert doc["state"] == "Success", doc
+
+    by_slug: dict[str, list[dict]] = {}
+    for task_run in doc["task_runs"]:
+        by_slug.setdefault(task_run["task"]["slug"], []).append(task_run)
+    doubles = sorted(by_slug["double-1"], key=lambda t: t["map_index"])
+    assert [(t["map_index"], t["name"], t["state"]) for t in doubles] == [
+        (-1, None, "Mapped"), (0, "double-1", "Success"), (1, "double-2", "Success"), (2, "double-3", "Success"),
+    ], doubles
+    [flaky] = by_slug["flaky-1"]
+    flaky_states = states_of(flaky)
+    assert flaky_states[-1] == "Success" and "Retrying" in flaky_states, flaky_states
+    assert flaky_states.index("Retrying") > flaky_states.index("Failed") if "Failed" in flaky_states else True
+
+    # The agent deployed the run twice: once when Scheduled, again when the retry was due.
+    logs = gql(http, '{ flow_run(where: {id: {_eq: "%s"}}) { logs(order_by: {timestamp: asc}) { message } } }' % run_id)
+    messages = [line["message"] for line in logs["flow_run"][0]["logs"]]
+    assert sum(m.startswith("Submitted for execution: PID") for m in messages) == 2, messages
+    assert "second attempt: 12" in messages, messages
+    result = last_json(
+        pf.python(f'import json; from prefect.backend import FlowRunView; print(json.dumps(FlowRunView.from_flow_run_id("{run_id}").get_task_run(task_slug="flaky-1").get_result()))')
+    )
+    assert result == 12
+
+
+# -- 8. Ctrl-C during prefect run --watch cancels the run -------------------------------------------------
+def test_ctrl_c_during_watch_cancels_the_run(pf, agent, http, tmp_path):
+    name = unique("slow")
+    register(pf, write(tmp_path, SLOW, name=name), unique("demo"))
+
+    run = pf.spawn("run", "--name", name, "--watch")
+    try:
+        run.wait_for(r"started the long task", timeout=45)
+        run_id = run_id_of(run.output)
+        run.interrupt()
+        run.wait_for(r"Keyboard interrupt detected!", timeout=20)
+        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=20)
+        run.send("y\n")
+        run.wait_for(r"Cancelled flow run\.", timeout=20)
+        assert run.wait(timeout=20) == 0
+    finally:
+        run.stop()
+    doc = wait_for_state(http, run_id, {"Cancelled", "Success", "Failed"}, timeout=30)
+    states = states_of(doc)
+    assert states[-2:] == ["Cancelling", "Cancelled"] and "Running" in states, states
