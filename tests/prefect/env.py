@@ -193,6 +193,20 @@ class Proc:
             todo += children.get(pid, [])
         return family
 
+    def descendants_with_env(self, name: str, value: str) -> list[int]:
+        """Descendants whose environment has ``name=value`` (the processes of one flow run under
+        an agent: the flow-run process and its heartbeat process)."""
+        wanted = f"{name}={value}".encode()
+        found = []
+        for pid in self._family()[1:]:
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if wanted in environ:
+                found.append(pid)
+        return found
+
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM to the process and every descendant, SIGKILL to whatever is left after ``grace``."""
         family = self._family() if self.popen.poll() is None else []

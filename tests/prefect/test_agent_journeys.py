@@ -14,8 +14,9 @@ with them.
 from __future__ import annotations
 
 import json
+import os
 import re
-import socket
+import signal
 import time
 from pathlib import Path
 
@@ -28,13 +29,18 @@ from tests.prefect.conftest import unique
 
 pytestmark = pytest.mark.slow
 
-# The flow-run processes the agent starts inherit the agent's environment: logs go to RunLedger,
-# flushed every second instead of every 5 s, and a cancelled run is noticed within 2 s.
-AGENT_ENV = {
+# Every prefect process here (the agent passes its environment on to the flow-run processes it
+# starts; ``--execute`` does too): logs go to RunLedger and are flushed every second instead of
+# every 5 s, a Cancelling run is noticed within 2 s instead of 15 s, and a running flow run beats
+# every 2 s instead of 30 s -- so RunLedger's zombie killer can be given a short timeout
+# (journey 7b) without ever mistaking a live run for a dead one.
+CLIENT_ENV = {
     "PREFECT__CLOUD__SEND_FLOW_RUN_LOGS": "true",
     "PREFECT__CLOUD__LOGGING_HEARTBEAT": "1",
     "PREFECT__CLOUD__CHECK_CANCELLATION_INTERVAL": "2",
+    "PREFECT__CLOUD__HEARTBEAT_INTERVAL": "2",
 }
+ZOMBIE_SECONDS = 10  # RunLedger: a Running task run of a flow run silent this long is retried
 RUN_TIMEOUT = 90  # seconds any one prefect process may take (each journey stays under a minute)
 
 HELLO = '''\
@@ -129,6 +135,35 @@ with Flow("@NAME@", storage=Local(path=__file__, stored_as_script=True), result=
     flaky(double.map(xs))
 '''
 
+# The first attempt's process is killed while the task runs (the test does it: a lost machine);
+# the second attempt, in the process the agent deploys again, finds the marker and finishes.
+CRASHING = '''\
+import datetime
+import pathlib
+import time
+
+import prefect
+from prefect import Flow, task
+from prefect.engine.results import LocalResult
+from prefect.storage import Local
+
+MARKER = pathlib.Path("@RESULTS@") / "first-attempt-started"
+
+
+@task(max_retries=1, retry_delay=datetime.timedelta(seconds=1))
+def lose_the_machine():
+    if not MARKER.exists():
+        MARKER.parent.mkdir(parents=True, exist_ok=True)
+        MARKER.touch()
+        time.sleep(60)  # killed here
+    prefect.context.get("logger").info("attempt after the crash")
+    return "survived"
+
+
+with Flow("@NAME@", storage=Local(path=__file__, stored_as_script=True), result=LocalResult(dir="@RESULTS@")) as flow:
+    lose_the_machine()
+'''
+
 SLOW = '''\
 import time
 
@@ -152,7 +187,7 @@ with Flow("@NAME@", storage=Local(path=__file__, stored_as_script=True)) as flow
 @pytest.fixture(scope="module")
 def rl():
     """A RunLedger stack with every service (the scheduling service serves the agent's queue)."""
-    stack = Stack(own_redis=True, partitions=4)
+    stack = Stack(own_redis=True, partitions=4, extra_env={"RUNLEDGER_SCHEDULING_ZOMBIE_SECONDS": str(ZOMBIE_SECONDS)})
     try:
         stack.start(ALL_SERVICES)
         yield stack
@@ -171,7 +206,8 @@ def agent(prefect_env, rl, tmp_path_factory) -> Proc:
     """``prefect agent local start`` with its default labels (this host's name, which ``Local``
     storage also gives every flow registered here), stopped with its flow-run processes at the end."""
     client = PrefectClient(rl.api_url, tmp_path_factory.mktemp("agent-home"), send_logs=True)
-    proc = client.spawn("agent", "local", "start", "--name", "journeys-agent", env=AGENT_ENV)
+    client.env.update(CLIENT_ENV)
+    proc = client.spawn("agent", "local", "start", "--name", "journeys-agent")
     try:
         proc.wait_for(r"Waiting for flow runs", timeout=60)
         yield proc
@@ -181,7 +217,9 @@ def agent(prefect_env, rl, tmp_path_factory) -> Proc:
 
 @pytest.fixture
 def pf(prefect_env, rl, tmp_path) -> PrefectClient:
-    return PrefectClient(rl.api_url, tmp_path / "home", send_logs=True, timeout=RUN_TIMEOUT)
+    client = PrefectClient(rl.api_url, tmp_path / "home", send_logs=True, timeout=RUN_TIMEOUT)
+    client.env.update(CLIENT_ENV)
+    return client
 
 
 def write(tmp_path: Path, script: str, **names: str) -> Path:
@@ -372,8 +410,10 @@ def test_parent_flow_with_create_flow_run_wait_and_get_task_run_result(pf, agent
     child_id = re.search(r"Created flow run '[^']+': \S+/flow-run/([0-9a-f-]{36})", out).group(1)
     ordered(out, rf"Creating flow run '[^']+' for flow '{child}'", r"Got: \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]", r"Created: \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\]", r"Flow run succeeded!")
     # wait_for_flow_run(stream_logs=True) relays the child's states and lines into the parent's log
-    assert re.search(rf"Flow '{child}': Entered state <Success>", out), out
-    assert re.search(rf"Flow '{child}': making 10 numbers", out), out
+    # (each line prefixed with the child run's name)
+    assert re.search(r"Flow '[^']+': Entered state <Success>: All reference tasks succeeded\.", out), out
+    assert re.search(rf"Flow '[^']+': Beginning Flow run for '{child}'", out), out
+    assert re.search(r"Flow '[^']+': making 10 numbers", out), out
     child_doc = run_doc(http, child_id)
     assert states_of(child_doc) == ["Scheduled", "Submitted", "Running", "Success"]  # the agent ran it
     assert states_of(run_doc(http, run_id_of(out)))[-1] == "Success"
@@ -386,46 +426,96 @@ def test_a_run_the_agent_cannot_deploy_ends_failed_with_its_message(pf, agent, h
     run_id = last_json(
         pf.python(
             f"""
-            import json, prefect
+            import json, prefect, socket
             from prefect.run_configs import DockerRun
-            print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", run_config=DockerRun(image="nowhere:latest"))))
+            # A run config's labels are the run's labels: this host's, so the local agent takes it.
+            run_config = DockerRun(image="nowhere:latest", labels=[socket.gethostname()])
+            print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", run_config=run_config)))
             """
         )
     )
     doc = wait_for_state(http, run_id, {"Failed", "Success"}, timeout=45)
     assert doc["state"] == "Failed" and states_of(doc) == ["Scheduled", "Submitted", "Failed"], doc
-    assert "DockerRun" in doc["state_message"] and "LocalRun" in doc["state_message"], doc
+    reason = f"Flow run {run_id} has a `run_config` of type `DockerRun`, only `LocalRun` is supported"
+    assert doc["state_message"] == reason, doc
+    deadline = time.monotonic() + 15  # the agent also logs it to the run, at ERROR
+    while True:
+        data = gql(http, '{ flow_run(where: {id: {_eq: "%s"}}) { logs { level message } } }' % run_id)
+        if {"level": "ERROR", "message": reason} in data["flow_run"][0]["logs"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {"level": "ERROR", "message": reason} in data["flow_run"][0]["logs"], data
 
 
 # -- 7. retries, mapped tasks, task run names ---------------------------------------------------------------
-def test_retries_mapped_tasks_and_task_run_names(pf, agent, http, tmp_path):
+def task_runs_by_slug(doc: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for task_run in doc["task_runs"]:
+        out.setdefault(task_run["task"]["slug"], []).append(task_run)
+    return out
+
+
+def log_messages(http: httpx.Client, run_id: str) -> list[str]:
+    data = gql(http, '{ flow_run(where: {id: {_eq: "%s"}}) { logs(order_by: {timestamp: asc}) { message } } }' % run_id)
+    return [line["message"] for line in data["flow_run"][0]["logs"]]
+
+
+def test_a_retried_task_a_mapped_task_and_task_run_names(pf, agent, http, tmp_path):
+    """A short retry is taken in the flow-run process itself (the 1.4.1 task runner sleeps until
+    a retry due within 10 minutes); mapped children are created on the fly, each named."""
     name = unique("retries")
     [flow_id] = register(pf, write(tmp_path, RETRIES_AND_MAPS, name=name), unique("demo"))
     run_id = last_json(pf.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}")))'))
     doc = wait_for_state(http, run_id, {"Success", "Failed", "Cancelled"}, timeout=50)
     assert doc["state"] == "Success", doc
 
-    by_slug: dict[str, list[dict]] = {}
-    for task_run in doc["task_runs"]:
-        by_slug.setdefault(task_run["task"]["slug"], []).append(task_run)
+    by_slug = task_runs_by_slug(doc)
     doubles = sorted(by_slug["double-1"], key=lambda t: t["map_index"])
-    assert [(t["map_index"], t["name"], t["state"]) for t in doubles] == [
-        (-1, None, "Mapped"), (0, "double-1", "Success"), (1, "double-2", "Success"), (2, "double-3", "Success"),
-    ], doubles
+    assert [(t["map_index"], t["state"]) for t in doubles] == [(-1, "Mapped"), (0, "Success"), (1, "Success"), (2, "Success")], doubles
+    assert [t["name"] for t in doubles[1:]] == ["double-1", "double-2", "double-3"], doubles
     [flaky] = by_slug["flaky-1"]
-    flaky_states = states_of(flaky)
-    assert flaky_states[-1] == "Success" and "Retrying" in flaky_states, flaky_states
-    assert flaky_states.index("Retrying") > flaky_states.index("Failed") if "Failed" in flaky_states else True
+    assert states_of(flaky) == ["Running", "Failed", "Retrying", "Running", "Success"], states_of(flaky)
 
-    # The agent deployed the run twice: once when Scheduled, again when the retry was due.
-    logs = gql(http, '{ flow_run(where: {id: {_eq: "%s"}}) { logs(order_by: {timestamp: asc}) { message } } }' % run_id)
-    messages = [line["message"] for line in logs["flow_run"][0]["logs"]]
-    assert sum(m.startswith("Submitted for execution: PID") for m in messages) == 2, messages
-    assert "second attempt: 12" in messages, messages
     result = last_json(
         pf.python(f'import json; from prefect.backend import FlowRunView; print(json.dumps(FlowRunView.from_flow_run_id("{run_id}").get_task_run(task_slug="flaky-1").get_result()))')
     )
     assert result == 12
+    deadline = time.monotonic() + 15
+    while "second attempt: 12" not in (messages := log_messages(http, run_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "second attempt: 12" in messages, messages
+    assert sum(m.startswith("Submitted for execution: PID") for m in messages) == 1, messages
+
+
+def test_a_task_whose_process_died_is_retried_and_the_run_redeployed(pf, agent, http, tmp_path):
+    """Retrying, then redeployed, then Success: the flow-run process (and its heartbeat process)
+    is killed mid-task; RunLedger's zombie killer finds the flow run silent and puts the task run
+    in Retrying; the due retry puts the Running flow run back in the agent's queue, and the agent
+    deploys it again (the 1.4.1 agent's metadata query keeps a Running run that has a due task run)."""
+    name = unique("crash")
+    [flow_id] = register(pf, write(tmp_path, CRASHING, name=name), unique("demo"))
+    run_id = last_json(pf.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}")))'))
+
+    marker = tmp_path / "results" / "first-attempt-started"
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"the first attempt did not start in 30 s: {run_doc(http, run_id)}"
+        time.sleep(0.2)
+    victims = agent.descendants_with_env("PREFECT__CONTEXT__FLOW_RUN_ID", run_id)
+    assert victims, "no process of the run found under the agent"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+
+    doc = wait_for_state(http, run_id, {"Success", "Failed", "Cancelled"}, timeout=ZOMBIE_SECONDS + 40)
+    assert doc["state"] == "Success", doc
+    assert states_of(doc) == ["Scheduled", "Submitted", "Running", "Success"], doc
+    [task_run] = task_runs_by_slug(doc)["lose_the_machine-1"]
+    assert states_of(task_run) == ["Running", "Retrying", "Submitted", "Running", "Success"], states_of(task_run)
+    deadline = time.monotonic() + 15
+    while "attempt after the crash" not in (messages := log_messages(http, run_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "attempt after the crash" in messages, messages
+    assert sum(m.startswith("Submitted for execution: PID") for m in messages) == 2, messages  # deployed twice
 
 
 # -- 8. Ctrl-C during prefect run --watch cancels the run -------------------------------------------------
