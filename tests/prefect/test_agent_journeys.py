@@ -17,13 +17,15 @@ import json
 import os
 import re
 import signal
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import httpx
 import pytest
 
-from runledger.services.devstack import ALL_SERVICES, Stack
+from runledger.services.devstack import ALL_SERVICES, Stack, free_port
 from tests.prefect.env import PrefectClient, Proc
 from tests.prefect.conftest import unique
 
@@ -204,15 +206,33 @@ def http(rl):
 @pytest.fixture(scope="module")
 def agent(prefect_env, rl, tmp_path_factory) -> Proc:
     """``prefect agent local start`` with its default labels (this host's name, which ``Local``
-    storage also gives every flow registered here), stopped with its flow-run processes at the end."""
+    storage also gives every flow registered here), stopped with its flow-run processes at the end.
+
+    An idle 1.4.1 agent backs off to one query every 10 s; its own ``/api/poke`` endpoint (the
+    ``--agent-address`` API) is called every second instead, so a journey waits about a second,
+    not up to ten, for its run to be picked up."""
     client = PrefectClient(rl.api_url, tmp_path_factory.mktemp("agent-home"), send_logs=True)
     client.env.update(CLIENT_ENV)
-    proc = client.spawn("agent", "local", "start", "--name", "journeys-agent")
+    address = f"http://127.0.0.1:{free_port()}"
+    proc = client.spawn("agent", "local", "start", "--name", "journeys-agent", "--agent-address", address)
+    stop = threading.Event()
+
+    def poke() -> None:
+        while not stop.wait(1.0):
+            try:
+                urllib.request.urlopen(address + "/api/poke", timeout=2).close()
+            except OSError:
+                pass
+
+    poker = threading.Thread(target=poke, name="agent-poker", daemon=True)
     try:
         proc.wait_for(r"Waiting for flow runs", timeout=60)
+        poker.start()
         yield proc
     finally:
+        stop.set()
         proc.stop()
+        (tmp_path_factory.getbasetemp() / "agent.log").write_text(proc.output)  # kept for a failure's post-mortem
 
 
 @pytest.fixture
@@ -234,7 +254,10 @@ def write(tmp_path: Path, script: str, **names: str) -> Path:
 
 
 def register(pf: PrefectClient, path: Path, project: str, count: int = 1) -> list[str]:
-    pf.cli("create", "project", project).check()
+    """``prefect register`` into a new project (made over REST: one prefect process less per
+    journey; ``prefect create project`` has its own journey in ``test_journeys.py``)."""
+    r = httpx.post(pf.endpoint + "/api/v1/projects", json={"name": project}, timeout=30)
+    assert r.status_code == 201, r.text
     out = pf.cli("register", "-p", str(path), "--project", project).check().output
     assert f"{count} registered" in out, out
     return re.findall(r"ID: ([0-9a-f-]{36})", out)
