@@ -214,7 +214,8 @@ def agent(prefect_env, rl, tmp_path_factory) -> Proc:
     client = PrefectClient(rl.api_url, tmp_path_factory.mktemp("agent-home"), send_logs=True)
     client.env.update(CLIENT_ENV)
     address = f"http://127.0.0.1:{free_port()}"
-    proc = client.spawn("agent", "local", "start", "--name", "journeys-agent", "--agent-address", address)
+    # --show-flow-logs: the flow-run processes write to the agent's output (kept in agent.log)
+    proc = client.spawn("agent", "local", "start", "--name", "journeys-agent", "--agent-address", address, "--show-flow-logs")
     stop = threading.Event()
 
     def poke() -> None:
@@ -277,7 +278,10 @@ def gql(http: httpx.Client, query: str) -> dict:
 
 
 def run_doc(http: httpx.Client, run_id: str) -> dict:
-    query = '{ flow_run_by_pk(id: "%s") { id state state_message labels states { state message } task_runs { id name map_index state task { slug } states { state } } } }'
+    query = (
+        '{ flow_run_by_pk(id: "%s") { id state state_message state_start_time labels states { state message } '
+        "task_runs { id name map_index state state_start_time task { slug } states { state } } } }"
+    )
     return gql(http, query % run_id)["flow_run_by_pk"]
 
 
@@ -498,6 +502,9 @@ def test_a_retried_task_a_mapped_task_and_task_run_names(pf, agent, http, tmp_pa
     assert [t["name"] for t in doubles[1:]] == ["double-1", "double-2", "double-3"], doubles
     [flaky] = by_slug["flaky-1"]
     assert states_of(flaky) == ["Running", "Failed", "Retrying", "Running", "Success"], states_of(flaky)
+    # A state's start time is a Scheduled-like state's own (Prefect Server's column): none once
+    # finished. The agent's redeploy rule reads it (see the deploy count below).
+    assert doc["state_start_time"] is None and all(t["state_start_time"] is None for t in doc["task_runs"]), doc
 
     result = last_json(
         pf.python(f'import json; from prefect.backend import FlowRunView; print(json.dumps(FlowRunView.from_flow_run_id("{run_id}").get_task_run(task_slug="flaky-1").get_result()))')
@@ -507,6 +514,9 @@ def test_a_retried_task_a_mapped_task_and_task_run_names(pf, agent, http, tmp_pa
     while "second attempt: 12" not in (messages := log_messages(http, run_id)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "second attempt: 12" in messages, messages
+    # Deployed once: the retry was taken in the process (the agent, asked every second, never
+    # redeployed the Running run, as its metadata query keeps one only if a task run's start
+    # time passed 3 s ago).
     assert sum(m.startswith("Submitted for execution: PID") for m in messages) == 1, messages
 
 

@@ -2,8 +2,9 @@
 seeds: ``PREFECT__BACKEND=server`` and ``PREFECT__SERVER__ENDPOINT`` pointed at the ingress.
 
 Each journey runs real ``prefect`` processes (``tests/prefect/env.py``), each bounded by a time
-limit. The agent, logs and ``--watch`` / ``--execute`` journeys are not here yet (issue 9, second
-half): runs are executed with ``prefect execute flow-run`` (what an agent starts) in-process.
+limit. Here runs are executed with ``prefect execute flow-run`` (what an agent starts); the
+journeys with ``prefect agent local start``, ``prefect run --watch`` / ``--execute``, logs,
+retries, mapping and cancellation are in ``test_agent_journeys.py``.
 """
 
 from __future__ import annotations

@@ -37,7 +37,11 @@ def with_state_fields(doc: dict) -> dict:
         "state": state.get("type"),
         "state_message": state.get("message"),
         "state_timestamp": state.get("timestamp"),
-        "state_start_time": state.get("start_time") or state.get("timestamp"),
+        # Prefect Server's column: the state's own start time (Scheduled, Retrying, Queued, ...),
+        # null for states without one. The 1.4.1 agent relies on it: a Running run is deployed
+        # again only if a task run's start time passed 3 s ago, which a finished task run's
+        # timestamp must not fake (else every Running run with a finished task is redeployed).
+        "state_start_time": state.get("start_time"),
         "serialized_state": _serialized(state),
         "result_location": state.get("result_location"),
         "_state_entries": doc.get("states", []),
