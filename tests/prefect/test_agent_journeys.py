@@ -340,7 +340,9 @@ def test_prefect_run_watch_with_a_local_agent(pf, agent, http, tmp_path):
         r"Flow run succeeded!\s*$",
     )
     for line in (r"Submitted for execution: PID: \d+", rf"Beginning Flow run for '{name}'", r"hello marvin", r"Task 'say_hello': Starting task run\.\.\."):
-        assert re.search(r"└── \d\d:\d\d:\d\d \| INFO    \| " + line, out), (line, out)
+        assert len(re.findall(r"└── \d\d:\d\d:\d\d \| INFO    \| " + line, out)) == 1, (line, out)  # once, none repeated
+    for state in ("Scheduled", "Submitted", "Running", "Success"):
+        assert out.count(f"Entered state <{state}>") == 1, (state, out)
     doc = run_doc(http, run_id)
     assert states_of(doc) == ["Scheduled", "Submitted", "Running", "Success"]
     agent.wait_for(re.escape(run_id), timeout=5)  # the agent says which run it deployed
