@@ -233,7 +233,7 @@ def agent(prefect_env, rl, tmp_path_factory) -> Proc:
     finally:
         stop.set()
         proc.stop()
-        (tmp_path_factory.getbasetemp() / "agent.log").write_text(proc.output)  # kept for a failure's post-mortem
+        (rl.workdir / "agent.log").write_text(proc.output)  # beside the services' logs, for a post-mortem
 
 
 @pytest.fixture
@@ -573,3 +573,5 @@ def test_ctrl_c_during_watch_cancels_the_run(pf, agent, http, tmp_path):
     doc = wait_for_state(http, run_id, {"Cancelled", "Success", "Failed"}, timeout=30)
     states = states_of(doc)
     assert states[-2:] == ["Cancelling", "Cancelled"] and "Running" in states, states
+    [task_run] = doc["task_runs"]
+    assert task_run["state"] == "Cancelled" and states_of(task_run)[-2:] == ["Cancelling", "Cancelled"], task_run
