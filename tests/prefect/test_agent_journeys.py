@@ -575,3 +575,58 @@ def test_ctrl_c_during_watch_cancels_the_run(pf, agent, http, tmp_path):
     assert states[-2:] == ["Cancelling", "Cancelled"] and "Running" in states, states
     [task_run] = doc["task_runs"]
     assert task_run["state"] == "Cancelled" and states_of(task_run)[-2:] == ["Cancelling", "Cancelled"], task_run
+
+
+# -- the agent's metadata query (R15), exactly as 1.4.1 sends it, without the client -----------------------
+def test_the_agents_metadata_query_keeps_a_running_run_only_for_a_due_task_run(http):
+    """``_get_flow_run_metadata``: of the runs the queue offered, keep the Scheduled ones and the
+    Running ones with a task run whose start time passed 3 s ago (a due retry). A finished task
+    run has no start time (Prefect Server's ``state_start_time``), so it never counts as due."""
+    r = http.post("/api/v1/projects", json={"name": unique("proj")})
+    assert r.status_code == 201, r.text
+    tasks = [{"id": "a", "slug": "a-1", "name": "a"}, {"id": "b", "slug": "b-1", "name": "b"}]
+    r = http.post("/api/v1/flows", json={"name": unique("flow"), "project_id": r.json()["id"], "tasks": tasks})
+    assert r.status_code == 201, r.text
+    flow_id = r.json()["id"]
+
+    def new_run() -> tuple[str, dict[str, str]]:
+        r = http.post("/api/v1/flow_runs", json={"flow_id": flow_id})
+        assert r.status_code in (200, 201), r.text
+        run_id = r.json()["id"]
+        r = http.get(f"/api/v1/flow_runs/{run_id}/task_runs")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        task_runs = body["task_runs"] if isinstance(body, dict) else body
+        return run_id, {t["task_slug"]: t["id"] for t in task_runs}
+
+    def set_states(kind: str, key: str, target: str, *states: dict) -> None:
+        for state in states:
+            items = json.dumps([{key: target, "version": None, "state": state}])
+            gql(http, "mutation { set_%s_run_states(input: {states: %s}) { states { status } } }" % (kind, re.sub(r'"(\w+)":', r"\1:", items)))
+
+    scheduled, _ = new_run()
+    retrying, retrying_tasks = new_run()
+    finished_tasks_run, done_tasks = new_run()
+    past = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 10))
+    for run_id, task_ids in ((retrying, retrying_tasks), (finished_tasks_run, done_tasks)):
+        set_states("flow", "flow_run_id", run_id, {"type": "Running"})
+        set_states("task", "task_run_id", task_ids["a-1"], {"type": "Running"}, {"type": "Success"})
+    set_states("task", "task_run_id", retrying_tasks["b-1"], {"type": "Running"}, {"type": "Failed"},
+               {"type": "Retrying", "start_time": past, "message": "Retrying Task (after attempt 1 of 2)"})
+
+    buffer = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 3))
+    ids = json.dumps([scheduled, retrying, finished_tasks_run])
+    query = (
+        '{ flow_run(where: {id: {_in: %s}, _or: [{state: {_eq: "Scheduled"}}, '
+        '{state: {_eq: "Running"}, task_runs: {state_start_time: {_lte: "%s"}}}]}) '
+        '{ id state task_runs(where: {state_start_time: {_lte: "%s"}}) { id state state_start_time } } }'
+    ) % (ids, buffer, buffer)
+    runs = {run["id"]: run for run in gql(http, query)["flow_run"]}
+    assert set(runs) == {scheduled, retrying}, runs
+    assert [(t["id"], t["state"]) for t in runs[retrying]["task_runs"]] == [(retrying_tasks["b-1"], "Retrying")], runs
+    assert runs[scheduled]["task_runs"] == []  # Pending task runs have no start time either
+
+    # The relation filter needs the runs' ids (it loads their task runs): refused without them.
+    r = http.post("/graphql", json={"query": '{ flow_run(where: {task_runs: {state: {_eq: "Retrying"}}}) { id } }'})
+    assert r.status_code == 200 and r.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", r.text
+    assert "needs the runs' ids" in r.json()["errors"][0]["message"], r.text
