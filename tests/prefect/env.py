@@ -178,19 +178,26 @@ class Proc:
         return code
 
     def _family(self) -> list[int]:
-        """This process and its descendants (from /proc), whatever session they moved to."""
+        """This process, its descendants (from /proc, whatever session they moved to) and what is
+        left in its process group (orphans whose parent exited: they are reparented, but keep the
+        group of the session it started, ``start_new_session``)."""
         children: dict[int, list[int]] = {}
+        group: list[int] = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        family, todo = [], [self.pid]
+            pid = int(stat.parent.name)
+            children.setdefault(int(fields[1]), []).append(pid)
+            if int(fields[2]) == self.pid:
+                group.append(pid)
+        family, todo = [], [self.pid, *group] if self.popen.poll() is None else group
         while todo:
             pid = todo.pop()
-            family.append(pid)
-            todo += children.get(pid, [])
+            if pid not in family:
+                family.append(pid)
+                todo += children.get(pid, [])
         return family
 
     def descendants_with_env(self, name: str, value: str) -> list[int]:
@@ -198,7 +205,9 @@ class Proc:
         an agent: the flow-run process and its heartbeat process)."""
         wanted = f"{name}={value}".encode()
         found = []
-        for pid in self._family()[1:]:
+        for pid in self._family():
+            if pid == self.pid:
+                continue
             try:
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
@@ -208,13 +217,11 @@ class Proc:
         return found
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM to the process and every descendant, SIGKILL to whatever is left after ``grace``."""
-        family = self._family() if self.popen.poll() is None else []
+        """SIGTERM to the process and everything it started, SIGKILL to whatever is left after
+        ``grace``. Signals go to pids just read from /proc, never to a process group id that may
+        have been reused since the process exited."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.pid, sig)  # its session's group (start_new_session): orphans included
-            except (ProcessLookupError, PermissionError):
-                pass
+            family = self._family()
             for pid in family:
                 try:
                     os.kill(pid, sig)

@@ -62,7 +62,7 @@ def say_hello(who):
 
 @task
 def shout(text):
-    time.sleep(2)  # the run's log lines are flushed (every second) before it ends
+    time.sleep(3)  # the run's log lines are flushed (every second) well before it ends
     return text.upper()
 
 
