@@ -43,7 +43,30 @@ CLIENT_ENV = {
     "PREFECT__CLOUD__HEARTBEAT_INTERVAL": "2",
 }
 ZOMBIE_SECONDS = 10  # RunLedger: a Running task run of a flow run silent this long is retried
-RUN_TIMEOUT = 90  # seconds any one prefect process may take (each journey stays under a minute)
+JOURNEY_SECONDS = 60  # every journey, all its waits and processes included, ends within this
+
+
+class Budget:
+    """One journey's time: every wait and every process gets at most what is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def within(self, seconds: float) -> float:
+        left = self.end - time.monotonic()
+        assert left > 0, f"the journey used up its {JOURNEY_SECONDS} s"
+        return min(seconds, left)
+
+
+class BudgetedClient(PrefectClient):
+    """A ``PrefectClient`` whose every process is bounded by the journey's budget too."""
+
+    def __init__(self, *args, budget: Budget, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.budget = budget
+
+    def _run(self, args, cwd, env, timeout, stdin=None):
+        return super()._run(args, cwd, env, self.budget.within(timeout or self.timeout), stdin)
 
 HELLO = '''\
 import time
@@ -237,8 +260,13 @@ def agent(prefect_env, rl, tmp_path_factory) -> Proc:
 
 
 @pytest.fixture
-def pf(prefect_env, rl, tmp_path) -> PrefectClient:
-    client = PrefectClient(rl.api_url, tmp_path / "home", send_logs=True, timeout=RUN_TIMEOUT)
+def budget() -> Budget:
+    return Budget(JOURNEY_SECONDS)
+
+
+@pytest.fixture
+def pf(prefect_env, rl, tmp_path, budget) -> PrefectClient:
+    client = BudgetedClient(rl.api_url, tmp_path / "home", send_logs=True, timeout=JOURNEY_SECONDS, budget=budget)
     client.env.update(CLIENT_ENV)
     return client
 
@@ -316,13 +344,13 @@ def run_id_of(output: str) -> str:
 
 
 # -- 1. the agent deploys a run that `prefect run --watch` follows ------------------------------------
-def test_prefect_run_watch_with_a_local_agent(pf, agent, http, tmp_path):
+def test_prefect_run_watch_with_a_local_agent(pf, agent, http, tmp_path, budget):
     name = unique("hello-world")
     register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
 
     run = pf.spawn("run", "--name", name, "--param", 'who="marvin"', "--watch")
     try:
-        code = run.wait(timeout=RUN_TIMEOUT)
+        code = run.wait(timeout=budget.within(JOURNEY_SECONDS))
     finally:
         run.stop()
     out = run.output
@@ -345,17 +373,17 @@ def test_prefect_run_watch_with_a_local_agent(pf, agent, http, tmp_path):
         assert out.count(f"Entered state <{state}>") == 1, (state, out)
     doc = run_doc(http, run_id)
     assert states_of(doc) == ["Scheduled", "Submitted", "Running", "Success"]
-    agent.wait_for(re.escape(run_id), timeout=5)  # the agent says which run it deployed
+    agent.wait_for(re.escape(run_id), timeout=budget.within(5))  # the agent says which run it deployed
 
 
 # -- 2. no agent has the run's labels: the client's warning ------------------------------------------
-def test_prefect_run_watch_warns_when_no_agent_has_the_labels(pf, agent, http, tmp_path):
+def test_prefect_run_watch_warns_when_no_agent_has_the_labels(pf, agent, http, tmp_path, budget):
     name = unique("hello-world")
     register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
 
     run = pf.spawn("run", "--name", name, "--label", "nobody", "--watch")
     try:
-        warning = run.wait_for(r"has not been submitted by an agent\. ([^\n]*)\n", timeout=45)
+        warning = run.wait_for(r"has not been submitted by an agent\. ([^\n]*)\n", timeout=budget.within(45))
         assert re.fullmatch(
             r"You have [1-9]\d* healthy agents in your tenant but do not have an agent with labels \{'nobody'\}\. "
             r"Start an agent with matching labels to deploy your flow run\.",
@@ -364,17 +392,17 @@ def test_prefect_run_watch_warns_when_no_agent_has_the_labels(pf, agent, http, t
         run_id = run_id_of(run.output)
         assert states_of(run_doc(http, run_id)) == ["Scheduled"]  # the agent never took it
         run.interrupt()  # then Ctrl-C: cancelled (from Scheduled, straight to Cancelled)
-        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=20)
+        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=budget.within(20))
         run.send("y\n")
-        run.wait_for(r"Cancelled flow run\.", timeout=20)
-        assert run.wait(timeout=20) == 0
+        run.wait_for(r"Cancelled flow run\.", timeout=budget.within(20))
+        assert run.wait(timeout=budget.within(20)) == 0
     finally:
         run.stop()
     assert states_of(run_doc(http, run_id)) == ["Scheduled", "Cancelled"]
 
 
 # -- 3. agentless: prefect run --execute ----------------------------------------------------------------
-def test_prefect_run_execute_without_an_agent(pf, agent, http, tmp_path):
+def test_prefect_run_execute_without_an_agent(pf, agent, http, tmp_path, budget):
     name = unique("hello-world")
     register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
 
@@ -388,13 +416,13 @@ def test_prefect_run_execute_without_an_agent(pf, agent, http, tmp_path):
 
 
 # -- 4. FlowRunView of a run the agent executed ----------------------------------------------------------
-def test_flow_run_view_of_an_agent_run_holds_its_logs(pf, agent, http, tmp_path):
+def test_flow_run_view_of_an_agent_run_holds_its_logs(pf, agent, http, tmp_path, budget):
     name = unique("hello-world")
     [flow_id] = register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
     run_id = last_json(
         pf.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", parameters={{"who": "arthur"}})))')
     )
-    wait_for_state(http, run_id, {"Success", "Failed"}, timeout=45)
+    wait_for_state(http, run_id, {"Success", "Failed"}, timeout=budget.within(45))
 
     seen = last_json(
         pf.python(
@@ -430,7 +458,7 @@ def test_flow_run_view_of_an_agent_run_holds_its_logs(pf, agent, http, tmp_path)
 
 
 # -- 5. a parent flow creates, waits for and reads a child run the agent executes -------------------------
-def test_parent_flow_with_create_flow_run_wait_and_get_task_run_result(pf, agent, http, tmp_path):
+def test_parent_flow_with_create_flow_run_wait_and_get_task_run_result(pf, agent, http, tmp_path, budget):
     project, parent, child = unique("demo"), unique("parent"), unique("child")
     register(pf, write(tmp_path, PARENT_CHILD, parent=parent, child=child, project=project), project, count=2)
 
@@ -449,7 +477,7 @@ def test_parent_flow_with_create_flow_run_wait_and_get_task_run_result(pf, agent
 
 
 # -- 6. the agent cannot deploy the run --------------------------------------------------------------------
-def test_a_run_the_agent_cannot_deploy_ends_failed_with_its_message(pf, agent, http, tmp_path):
+def test_a_run_the_agent_cannot_deploy_ends_failed_with_its_message(pf, agent, http, tmp_path, budget):
     name = unique("hello-world")
     [flow_id] = register(pf, write(tmp_path, HELLO, name=name), unique("demo"))
     run_id = last_json(
@@ -463,11 +491,11 @@ def test_a_run_the_agent_cannot_deploy_ends_failed_with_its_message(pf, agent, h
             """
         )
     )
-    doc = wait_for_state(http, run_id, {"Failed", "Success"}, timeout=45)
+    doc = wait_for_state(http, run_id, {"Failed", "Success"}, timeout=budget.within(45))
     assert doc["state"] == "Failed" and states_of(doc) == ["Scheduled", "Submitted", "Failed"], doc
     reason = f"Flow run {run_id} has a `run_config` of type `DockerRun`, only `LocalRun` is supported"
     assert doc["state_message"] == reason, doc
-    deadline = time.monotonic() + 15  # the agent also logs it to the run, at ERROR
+    deadline = time.monotonic() + budget.within(15)  # the agent also logs it to the run, at ERROR
     while True:
         data = gql(http, '{ flow_run(where: {id: {_eq: "%s"}}) { logs { level message } } }' % run_id)
         if {"level": "ERROR", "message": reason} in data["flow_run"][0]["logs"] or time.monotonic() > deadline:
@@ -489,13 +517,13 @@ def log_messages(http: httpx.Client, run_id: str) -> list[str]:
     return [line["message"] for line in data["flow_run"][0]["logs"]]
 
 
-def test_a_retried_task_a_mapped_task_and_task_run_names(pf, agent, http, tmp_path):
+def test_a_retried_task_a_mapped_task_and_task_run_names(pf, agent, http, tmp_path, budget):
     """A short retry is taken in the flow-run process itself (the 1.4.1 task runner sleeps until
     a retry due within 10 minutes); mapped children are created on the fly, each named."""
     name = unique("retries")
     [flow_id] = register(pf, write(tmp_path, RETRIES_AND_MAPS, name=name), unique("demo"))
     run_id = last_json(pf.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}")))'))
-    doc = wait_for_state(http, run_id, {"Success", "Failed", "Cancelled"}, timeout=50)
+    doc = wait_for_state(http, run_id, {"Success", "Failed", "Cancelled"}, timeout=budget.within(50))
     assert doc["state"] == "Success", doc
 
     by_slug = task_runs_by_slug(doc)
@@ -512,7 +540,7 @@ def test_a_retried_task_a_mapped_task_and_task_run_names(pf, agent, http, tmp_pa
         pf.python(f'import json; from prefect.backend import FlowRunView; print(json.dumps(FlowRunView.from_flow_run_id("{run_id}").get_task_run(task_slug="flaky-1").get_result()))')
     )
     assert result == 12
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + budget.within(15)
     while "second attempt: 12" not in (messages := log_messages(http, run_id)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "second attempt: 12" in messages, messages
@@ -522,7 +550,7 @@ def test_a_retried_task_a_mapped_task_and_task_run_names(pf, agent, http, tmp_pa
     assert sum(m.startswith("Submitted for execution: PID") for m in messages) == 1, messages
 
 
-def test_a_task_whose_process_died_is_retried_and_the_run_redeployed(pf, agent, http, tmp_path):
+def test_a_task_whose_process_died_is_retried_and_the_run_redeployed(pf, agent, http, tmp_path, budget):
     """Retrying, then redeployed, then Success: the flow-run process (and its heartbeat process)
     is killed mid-task; RunLedger's zombie killer finds the flow run silent and puts the task run
     in Retrying; the due retry puts the Running flow run back in the agent's queue, and the agent
@@ -532,21 +560,21 @@ def test_a_task_whose_process_died_is_retried_and_the_run_redeployed(pf, agent, 
     run_id = last_json(pf.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}")))'))
 
     marker = tmp_path / "results" / "first-attempt-started"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + budget.within(30)
     while not marker.exists():
-        assert time.monotonic() < deadline, f"the first attempt did not start in 30 s: {run_doc(http, run_id)}"
+        assert time.monotonic() < deadline, f"the first attempt did not start in time: {run_doc(http, run_id)}"
         time.sleep(0.2)
     victims = agent.descendants_with_env("PREFECT__CONTEXT__FLOW_RUN_ID", run_id)
     assert victims, "no process of the run found under the agent"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
 
-    doc = wait_for_state(http, run_id, {"Success", "Failed", "Cancelled"}, timeout=ZOMBIE_SECONDS + 40)
+    doc = wait_for_state(http, run_id, {"Success", "Failed", "Cancelled"}, timeout=budget.within(ZOMBIE_SECONDS + 40))
     assert doc["state"] == "Success", doc
     assert states_of(doc) == ["Scheduled", "Submitted", "Running", "Success"], doc
     [task_run] = task_runs_by_slug(doc)["lose_the_machine-1"]
     assert states_of(task_run) == ["Running", "Retrying", "Submitted", "Running", "Success"], states_of(task_run)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + budget.within(15)
     while "attempt after the crash" not in (messages := log_messages(http, run_id)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "attempt after the crash" in messages, messages
@@ -554,23 +582,23 @@ def test_a_task_whose_process_died_is_retried_and_the_run_redeployed(pf, agent, 
 
 
 # -- 8. Ctrl-C during prefect run --watch cancels the run -------------------------------------------------
-def test_ctrl_c_during_watch_cancels_the_run(pf, agent, http, tmp_path):
+def test_ctrl_c_during_watch_cancels_the_run(pf, agent, http, tmp_path, budget):
     name = unique("slow")
     register(pf, write(tmp_path, SLOW, name=name), unique("demo"))
 
     run = pf.spawn("run", "--name", name, "--watch")
     try:
-        run.wait_for(r"started the long task", timeout=45)
+        run.wait_for(r"started the long task", timeout=budget.within(45))
         run_id = run_id_of(run.output)
         run.interrupt()
-        run.wait_for(r"Keyboard interrupt detected!", timeout=20)
-        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=20)
+        run.wait_for(r"Keyboard interrupt detected!", timeout=budget.within(20))
+        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=budget.within(20))
         run.send("y\n")
-        run.wait_for(r"Cancelled flow run\.", timeout=20)
-        assert run.wait(timeout=20) == 0
+        run.wait_for(r"Cancelled flow run\.", timeout=budget.within(20))
+        assert run.wait(timeout=budget.within(20)) == 0
     finally:
         run.stop()
-    doc = wait_for_state(http, run_id, {"Cancelled", "Success", "Failed"}, timeout=30)
+    doc = wait_for_state(http, run_id, {"Cancelled", "Success", "Failed"}, timeout=budget.within(30))
     states = states_of(doc)
     assert states[-2:] == ["Cancelling", "Cancelled"] and "Running" in states, states
     [task_run] = doc["task_runs"]
