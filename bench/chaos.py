@@ -12,7 +12,7 @@ drives sustained traffic through the public REST API and injects faults while it
   would: a create with the same idempotency key, a state update with the same ``command_id`` and
   version, a log batch with the same lines.
 * faults, in turn (``--rounds`` times each): ``kill -9`` of each service followed by
-  ``Stack.restart`` (ingress, transitions, projector, logs, and scheduling when it exists), the
+  ``Stack.restart`` (ingress, transitions, projector, logs and scheduling), the
   broker paused with SIGSTOP for ``--pause`` seconds then SIGCONT, and Redis killed and started
   again from its launch argv (``--save "" --appendonly no``: it comes back EMPTY). The next fault
   waits until every service says ready again.
@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import importlib.util
 import itertools
 import os
 import random
@@ -804,9 +803,8 @@ async def amain(args) -> int:
     faults: list[Fault] = []
     try:
         await asyncio.to_thread(stack.start)
-        if importlib.util.find_spec("runledger.services.scheduling") is not None:
-            stack.start_service("scheduling")
-            await asyncio.to_thread(stack.wait_ready, "scheduling", 120)
+        stack.start_service("scheduling")
+        await asyncio.to_thread(stack.wait_ready, "scheduling", 120)
         print(f"stack up in {stack.workdir} (services: {', '.join(n for n in stack.processes if n not in INFRA)})", flush=True)
         limits = httpx.Limits(max_connections=args.conc + 8, max_keepalive_connections=args.conc + 8)
         timeout = httpx.Timeout(args.command_timeout + 30, connect=5.0)

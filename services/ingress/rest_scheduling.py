@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from runledger.messages.models import JsonInt
 from runledger.services.ingress.errors import WITH_BODY, documented
 
-from runledger.services.scheduling.frontend import SchedulingFrontend, SchedulingUnavailable
-from runledger.services.scheduling.gate import SchedulingGate, current_agent_id
-from runledger.services.scheduling.store import SchedulingStore
+from runledger.services.ingress.scheduling import SchedulingFrontend, SchedulingUnavailable
+from runledger.services.runtime.scheduling_gate import SchedulingGate, current_agent_id
+from runledger.services.runtime.scheduling_store import SchedulingStore
 
 router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
 log = structlog.get_logger(component="scheduling")

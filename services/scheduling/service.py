@@ -43,7 +43,7 @@ from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.kafka import consumer as kafka_consumer
 from runledger.services.runtime.process import run_until_stopped
 from runledger.services.scheduling.schedules import Scheduler
-from runledger.services.scheduling.store import SchedulingStore
+from runledger.services.runtime.scheduling_store import SchedulingStore
 from runledger.settings import Settings
 from runledger.topics import REGISTRY_AGGREGATE, SCHEDULING
 

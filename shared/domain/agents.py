@@ -5,7 +5,7 @@ One aggregate for all agents: an agent registers when it starts (not on every po
 is tiny and one writer partition is no hot key; the read side keeps them in one Redis hash
 (listing agents and ``why`` read it whole). What changes on every poll -- an agent's last contact
 (``last_queried``, the ``X-PREFECT-AGENT-ID`` header) -- is NOT here: it is liveness, like
-heartbeats, kept in Redis only (see ``runledger.services.scheduling.store``).
+heartbeats, kept in Redis only (see ``runledger.services.runtime.scheduling_store``).
 
 The agent's id is derived from its type, name, sorted labels and tenant (``agent_id_for``), so
 an agent that registers again gets its id back; registering again with nothing new changes

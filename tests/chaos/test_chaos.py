@@ -5,7 +5,6 @@ invariants, not speed: the timeouts are generous for a loaded 2-core machine."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -28,9 +27,7 @@ def test_chaos_short(tmp_path):
     assert out.exists(), report
     data = json.loads(out.read_text())
     faults = {f["name"] for f in data["faults"]}
-    expected = {"ingress", "transitions", "projector", "logs", "broker-pause", "redis-empty"}
-    if importlib.util.find_spec("runledger.services.scheduling") is not None:
-        expected.add("scheduling")
+    expected = {"ingress", "transitions", "projector", "scheduling", "logs", "broker-pause", "redis-empty"}
     assert expected <= faults, faults
     assert all(f["ready_after"] is not None for f in data["faults"]), report
     assert [c for c in data["checks"] if not c["ok"]] == [], report

@@ -17,7 +17,7 @@ FOLDERS = {"runledger": ROOT / "shared", "runledger.services": ROOT / "services"
 # The pure layer: no I/O clients, no web frameworks, nothing from the services.
 PURE = ("runledger.domain", "runledger.messages", "runledger.readmodel", "runledger.prefect", "runledger.topics", "runledger.settings", "runledger.api_models")
 IO_LIBRARIES = ("aiokafka", "redis", "fastapi", "starlette", "uvicorn", "httpx", "aiohttp", "ariadne", "structlog", "faust", "runledger.client")
-SERVICES = ("ingress", "transitions", "projector")
+SERVICES = ("ingress", "transitions", "projector", "scheduling", "logs")
 
 
 def modules() -> dict[str, Path]:

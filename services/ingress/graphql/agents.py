@@ -7,7 +7,7 @@ from ariadne import MutationType, QueryType
 from runledger.services.ingress.graphql.coercion import json_object
 from runledger.services.ingress.graphql.errors import translate_errors
 from runledger.services.ingress.graphql.views import page
-from runledger.services.scheduling.gate import current_agent_id
+from runledger.services.runtime.scheduling_gate import current_agent_id
 
 query, mutation = QueryType(), MutationType()
 

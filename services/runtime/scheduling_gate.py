@@ -36,7 +36,7 @@ from runledger.domain.states import State, StateType, is_a
 from runledger.messages import commands as c
 from runledger.messages.commands import Rejection, Reply
 from runledger.services.runtime.stores import RestoringFromLog
-from runledger.services.scheduling.store import Denied, SchedulingStore
+from runledger.services.runtime.scheduling_store import Denied, SchedulingStore
 
 S = StateType
 current_agent_id: ContextVar[str | None] = ContextVar("current_agent_id", default=None)

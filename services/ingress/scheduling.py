@@ -17,7 +17,7 @@ from runledger.domain.limits import LIMITS_AGGREGATE, limit_id_for
 from runledger.domain.scheduling import QUEUE_PAGE, explain
 from runledger.messages import commands as c
 from runledger.messages.commands import Reply
-from runledger.services.scheduling.store import SchedulingStore, now_ms
+from runledger.services.runtime.scheduling_store import SchedulingStore, now_ms
 from runledger.topics import REGISTRY_AGGREGATE
 
 
