@@ -97,6 +97,13 @@ class Result:
         return self
 
 
+def _default_interrupt() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background of a
+    non-interactive shell (as a CI runner may) inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler, so the Ctrl-C journeys would see nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A running process (in a session of its own) whose merged stdout and stderr are read as they
     come: raw ``os.read`` chunks on a thread, never lines, since a click prompt ends without a
@@ -106,7 +113,7 @@ class Proc:
         self.args = args
         self.popen = subprocess.Popen(
             args, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_default_interrupt,
         )
         self._text = ""
         self._eof = False
