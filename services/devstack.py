@@ -69,6 +69,7 @@ class Stack:
     redis_cluster: bool = False  # start a private 3-node Redis Cluster (RUNLEDGER_REDIS_CLUSTER=true)
     partitions: int = 4
     extra_env: dict[str, str] = field(default_factory=dict)
+    services: tuple[str, ...] = SERVICES  # what start() and ``with Stack(...)`` start
     broker_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     launches: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)  # argv, env per name
@@ -232,7 +233,8 @@ class Stack:
             time.sleep(0.05)
         raise RuntimeError(f"{name} not ready after {timeout}s; see {self.workdir / (name + '.log')}")
 
-    def start(self, services: tuple[str, ...] = SERVICES) -> "Stack":
+    def start(self, services: tuple[str, ...] | None = None) -> "Stack":
+        services = self.services if services is None else services
         self.api_port = self.api_port or free_port()
         self.start_broker()
         self.start_redis()

@@ -18,9 +18,8 @@ import redis as redis_sync
 from runledger.domain.limits import LIMITS_AGGREGATE, limit_id_for
 from runledger.domain.scheduling import agent_id_for
 from runledger.partitioning import partition_for
-from runledger.services.devstack import Stack
 from tests.integration.helpers import all_events
-from tests.integration.test_scheduling import FAST, eventually, flow, gql, poll, register_agent, run, set_state, u
+from tests.integration.test_scheduling import eventually, flow, gql, poll, register_agent, run, scheduling_stack, set_state, u
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +29,10 @@ TASK_STATES = "mutation($input: set_task_run_states_input!) { set_task_run_state
 
 @pytest.fixture(scope="module")
 def lstack():
-    env = {**FAST, "RUNLEDGER_SNAPSHOT_EVERY_EVENTS": "5", "RUNLEDGER_SNAPSHOT_EVERY_SECONDS": "1"}
     # no recovery here: a claimed run must keep its slot for the whole test (no heartbeats are sent)
-    env.update(RUNLEDGER_SCHEDULING_LAZARUS_SECONDS="600", RUNLEDGER_SCHEDULING_ZOMBIE_SECONDS="600")
-    s = Stack(own_redis=True, partitions=2, extra_env=env)
-    try:
-        s.start()
-        s.start_service("scheduling")
-        s.wait_ready("scheduling")
+    with scheduling_stack(RUNLEDGER_SNAPSHOT_EVERY_EVENTS="5", RUNLEDGER_SNAPSHOT_EVERY_SECONDS="1",
+                          RUNLEDGER_SCHEDULING_LAZARUS_SECONDS="600", RUNLEDGER_SCHEDULING_ZOMBIE_SECONDS="600") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import time
 import httpx
 import pytest
 
-from runledger.services.devstack import Stack
 from tests.integration.test_registration_graphql import SCHEDULE_ON, client_register
-from tests.integration.test_scheduling import FAST, eventually, u
+from tests.integration.test_scheduling import eventually, scheduling_stack, u
 
 MINUTELY = {
     "type": "Schedule", "__version__": "1.4.1", "filters": [], "or_filters": [], "not_filters": [], "adjustments": [],
@@ -23,14 +22,8 @@ MINUTELY = {
 
 @pytest.fixture(scope="module")
 def sstack():
-    s = Stack(own_redis=True, partitions=2, extra_env=dict(FAST))
-    try:
-        s.start()
-        s.start_service("scheduling")
-        s.wait_ready("scheduling")
+    with scheduling_stack() as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from runledger.services.devstack import Stack
+from runledger.services.devstack import ALL_SERVICES, Stack
 
 FAST = {
     "RUNLEDGER_SCHEDULING_TICK_SECONDS": "0.2",
@@ -26,16 +26,15 @@ FAST = {
 }
 
 
+def scheduling_stack(**env: str) -> Stack:
+    """A stack with every service, the scheduling service's timings shortened (``FAST``)."""
+    return Stack(own_redis=True, partitions=2, services=ALL_SERVICES, extra_env={**FAST, **env})
+
+
 @pytest.fixture(scope="module")
 def sstack():
-    s = Stack(own_redis=True, partitions=2, extra_env=dict(FAST))
-    try:
-        s.start()
-        s.start_service("scheduling")
-        s.wait_ready("scheduling")
+    with scheduling_stack() as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

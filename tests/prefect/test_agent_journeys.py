@@ -212,12 +212,9 @@ with Flow("@NAME@", storage=Local(path=__file__, stored_as_script=True)) as flow
 @pytest.fixture(scope="module")
 def rl():
     """A RunLedger stack with every service (the scheduling service serves the agent's queue)."""
-    stack = Stack(own_redis=True, partitions=4, extra_env={"RUNLEDGER_SCHEDULING_ZOMBIE_SECONDS": str(ZOMBIE_SECONDS)})
-    try:
-        stack.start(ALL_SERVICES)
+    with Stack(own_redis=True, partitions=4, services=ALL_SERVICES,
+               extra_env={"RUNLEDGER_SCHEDULING_ZOMBIE_SECONDS": str(ZOMBIE_SECONDS)}) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
