@@ -262,16 +262,19 @@ class Stack:
         process.wait(timeout=30)
 
     def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            process = self.processes[name]
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for name, process in list(self.processes.items()):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        """SIGTERM the services first and the broker and Redis only once they are gone: a service
+        stopping against a broker that already left waits out its client timeouts."""
+        infra = [n for n in self.processes if n == "broker" or n.startswith("redis")]
+        for group in ([n for n in reversed(list(self.processes)) if n not in infra], infra):
+            for name in group:
+                if self.processes[name].poll() is None:
+                    self.processes[name].send_signal(signal.SIGTERM)
+            for name in group:
+                try:
+                    self.processes[name].wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.processes[name].kill()
+                    self.processes[name].wait()
         self.processes.clear()
 
     @property
