@@ -58,15 +58,20 @@ class TransitionsService(ConsumerService):
         return self.topics.commands
 
     async def start_resources(self) -> None:
-        self.reader = kafka_consumer(self.settings)  # replays events, reads snapshots; no group
+        # Two readers without a group: one replays events, one reads snapshots. Shared, the events
+        # replay after the snapshot reads sometimes got only empty fetches for seconds.
+        self.reader = kafka_consumer(self.settings)
+        self.snapshot_reader = kafka_consumer(self.settings)
         await self.reader.start()
-        self.snapshot_store = SnapshotStore(self.topics[SNAPSHOTS].name, self.producer, self.reader)
+        await self.snapshot_reader.start()
+        self.snapshot_store = SnapshotStore(self.topics[SNAPSHOTS].name, self.producer, self.snapshot_reader)
 
     async def stop_resources(self) -> None:
         for book in self.books.values():
             if book.saving is not None:
                 book.saving.cancel()
         await self.reader.stop()
+        await self.snapshot_reader.stop()
 
     def details(self) -> dict:
         return {"partitions": sorted(self.books), "books": {str(p): book.info for p, book in sorted(self.books.items())}}
