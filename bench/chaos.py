@@ -28,7 +28,9 @@ whole events log and checks:
    ``seq`` too, no two events at one ``(aggregate, seq)``);
 4. the read models (every ``rl:rm:*`` key, indexes and checkpoints included) equal a fresh rebuild
    (``rebuild_read_models``);
-5. every acknowledged log line is stored exactly once (read back through the REST API);
+5. every acknowledged log line is stored exactly once (read back through the REST API), except
+   lines of a batch the client re-sent after an unanswered attempt (log writes have no
+   idempotency key: those are counted and reported, not failed);
 6. concurrency slots (when the scheduling service exists; the flow carries the label ``chaos``):
    the runs holding a slot under it in Redis are those whose last logged state holds one, and
    every derived scheduling key (queue, slots, run facts) equals what the service rewrites from
@@ -663,7 +665,10 @@ async def verify(stack, client: httpx.AsyncClient, load: Load, rec: Recorder, fl
     t.duplicated = len([m for m in dups if m in acked_lines])
     t.retried_dup = len([m for m in dups if m in acked_lines and m in retried_lines])
     t.applied_unanswered = len([m for m in unacked_lines if counts[m]])
-    checks.append(Check("every acknowledged log line is stored exactly once", not missing and not t.duplicated,
+    # Known limit: a log write has no idempotency key (Prefect sends none), so a batch the client
+    # re-sends after an attempt whose answer it never got (the ingress killed mid-request) is
+    # stored again. Those are counted and shown; any other duplicate, or a missing line, fails.
+    checks.append(Check("every acknowledged log line is stored exactly once", not missing and t.duplicated == t.retried_dup,
                         f"{len(acked_lines)} lines acknowledged in {sum(1 for op in rec.ops if op.kind == 'logs' and op.status == 200)} batches, "
                         f"{sum(counts.values())} stored; {len(missing)} missing, {t.duplicated} stored twice or more"
                         + (f" ({t.retried_dup} of them in batches the client re-sent after an unanswered attempt)" if t.retried_dup else ""),
