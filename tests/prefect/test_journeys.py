@@ -37,6 +37,17 @@ def register(prefect, flow_file, project: str) -> str:
     return re.search(r"ID: ([0-9a-f-]{36})", out).group(1)
 
 
+def execute_a_run(prefect, flow_id: str) -> str:
+    """``Client.create_flow_run`` (who = marvin), then what an agent's subprocess does, ``prefect
+    execute flow-run``, which must end in Success; the run's id."""
+    run_id = last_json(
+        prefect.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", parameters={{"who": "marvin"}})))')
+    )
+    out = prefect.cli("execute", "flow-run", env={**CLOUD_RUNNERS, "PREFECT__CONTEXT__FLOW_RUN_ID": run_id}).check().output
+    assert "Flow run SUCCESS: all reference tasks succeeded" in out, out
+    return run_id
+
+
 # -- tenants and projects ------------------------------------------------------------------------
 def test_create_tenant_and_the_default_tenant(prefect):
     for _ in range(2):  # the Server set-up step, repeatable
@@ -178,11 +189,7 @@ def test_a_stale_version_raises_version_lock_mismatch(prefect, flow_file):
 def test_a_flow_run_executed_by_the_cloud_flow_runner(prefect, flow_file):
     """What an agent's subprocess does: ``prefect execute flow-run`` with the run id in context."""
     flow_id = register(prefect, flow_file, unique("demo"))
-    run_id = last_json(
-        prefect.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", parameters={{"who": "marvin"}})))')
-    )
-    out = prefect.cli("execute", "flow-run", env={**CLOUD_RUNNERS, "PREFECT__CONTEXT__FLOW_RUN_ID": run_id}).check().output
-    assert "Flow run SUCCESS: all reference tasks succeeded" in out, out
+    run_id = execute_a_run(prefect, flow_id)
 
     seen = last_json(
         prefect.python(

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.prefect.conftest import unique, write_flow
-from tests.prefect.test_journeys import CLOUD_RUNNERS, last_json
+from tests.prefect.test_journeys import execute_a_run, last_json
 
 ARTIFACT_TASK = '''
 
@@ -61,11 +61,7 @@ def test_flow_register_then_a_run_executed_by_the_cloud_runners_with_artifacts(p
     assert sorted(t["slug"] for t in flow["flow_by_pk"]["tasks"]) == ["publish-1", "say_hello-1", "shout-1", "who"]
     assert flow["flow_by_pk"]["version"] == 1 and flow["flow_by_pk"]["archived"] is False
 
-    run_id = last_json(
-        prefect.python(f'import json, prefect; print(json.dumps(prefect.Client().create_flow_run(flow_id="{flow_id}", parameters={{"who": "marvin"}})))')
-    )
-    out = prefect.cli("execute", "flow-run", env={**CLOUD_RUNNERS, "PREFECT__CONTEXT__FLOW_RUN_ID": run_id}).check().output
-    assert "Flow run SUCCESS: all reference tasks succeeded" in out, out
+    run_id = execute_a_run(prefect, flow_id)
 
     seen = last_json(
         prefect.python(
