@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 from ariadne import MutationType, ObjectType, QueryType
 
 from runledger.domain.registry import DEFAULT_TENANT
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.messages import commands as c
 from runledger.services.ingress.application import _ok, public
-from runledger.services.ingress.graphql.coercion import json_object
+from runledger.services.ingress.graphql.coercion import json_object, json_size
 from runledger.services.ingress.graphql.errors import error, translate_errors
 from runledger.services.ingress.graphql.views import anchor, app_of, page, task_run_view
 
@@ -35,10 +34,7 @@ def _view(doc: dict) -> dict:
 
 
 def _data(value) -> object:
-    try:
-        size = len(orjson.dumps(value))
-    except orjson.JSONEncodeError as exc:
-        raise error(f"data: cannot be stored as JSON ({exc})", "BAD_USER_INPUT", field="data") from None
+    size = json_size(value, "data")
     if size > MAX_DATA_BYTES:
         raise error(f"data: {size} bytes of JSON is over the limit of {MAX_DATA_BYTES}", "BAD_USER_INPUT", field="data")
     return value

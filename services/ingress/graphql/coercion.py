@@ -34,6 +34,15 @@ def json_object(value: Any, field: str) -> dict | None:
     raise error(f"{field}: expected a JSON object", "BAD_USER_INPUT", field=field)
 
 
+def json_size(value: Any, field: str) -> int:
+    """Bytes of ``value`` as JSON; a value orjson cannot encode (ints over 64 bits, lone
+    surrogates) is the client's error, naming ``field``."""
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError as exc:
+        raise error(f"{field}: cannot be stored as JSON ({exc})", "BAD_USER_INPUT", field=field) from None
+
+
 def state_input(value: Any) -> api.StateInput:
     """A Prefect-style state dict (``{type, message, ...}``), kept whole as ``serialized``."""
     state = json_object(value, "state")

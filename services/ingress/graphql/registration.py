@@ -39,7 +39,7 @@ from runledger.domain.run_requests import FieldError, RequestError
 from runledger.messages import commands as c
 from runledger.prefect.flows import SerializedFlowError, decompress, flow_definition, serialized_edges, serialized_tasks
 from runledger.services.ingress.application import _ok, public
-from runledger.services.ingress.graphql.coercion import json_object
+from runledger.services.ingress.graphql.coercion import json_object, json_size
 from runledger.services.ingress.graphql.errors import error, translate_errors
 from runledger.services.ingress.graphql.views import app_of, task_run_view
 from runledger.topics import REGISTRY_AGGREGATE
@@ -98,10 +98,7 @@ async def resolve_create_flow_from_compressed_string(_, info, input):
 async def resolve_create_flow(_, info, input):
     serialized = json_object(input["serialized_flow"], "serialized_flow")
     limit = app_of(info).settings.max_json_field_bytes
-    try:
-        size = len(orjson.dumps(serialized))
-    except orjson.JSONEncodeError as exc:
-        raise error(f"serialized_flow: cannot be stored as JSON ({exc})", "BAD_USER_INPUT", field="serialized_flow") from None
+    size = json_size(serialized, "serialized_flow")
     if size > limit:
         raise error(f"serialized_flow: more than {limit} bytes of JSON", "BAD_USER_INPUT", field="serialized_flow")
     return await _register(info, serialized, input)
@@ -124,10 +121,7 @@ async def _batch(info, input: dict, field: str) -> tuple[dict, list]:
     if not isinstance(batch, list):
         raise error(f"{field}: expected a list", "BAD_USER_INPUT", field=field)
     limit = app.settings.max_body_bytes
-    try:
-        size = len(orjson.dumps(batch))
-    except orjson.JSONEncodeError as exc:
-        raise error(f"{field}: cannot be stored as JSON ({exc})", "BAD_USER_INPUT", field=field) from None
+    size = json_size(batch, field)
     if len(batch) > MAX_BATCH_ITEMS or size > limit:
         raise error(f"{field}: at most {MAX_BATCH_ITEMS} items and {limit} bytes of JSON per call", "BAD_USER_INPUT", field=field)
     return flow, batch
