@@ -55,3 +55,16 @@ def test_the_limits_verdict_is_reused_only_when_no_limit_takes_a_variable():
     documents.check(RUNS, {"n": 1})
     assert documents._cache[fixed][2] == []  # cannot change with the variables
     assert documents._cache[RUNS][2] is None  # checked again on every request
+
+
+def test_json_size_names_the_field_of_a_value_json_cannot_hold():
+    import pytest
+    from graphql import GraphQLError
+
+    from runledger.services.ingress.graphql.coercion import json_size
+
+    assert json_size({"a": [1, 2]}, "data") == len(b'{"a":[1,2]}')
+    with pytest.raises(GraphQLError) as refused:
+        json_size({"n": 2**70}, "serialized_flow")
+    assert refused.value.extensions["code"] == "BAD_USER_INPUT"
+    assert refused.value.message.startswith("serialized_flow: cannot be stored as JSON")
