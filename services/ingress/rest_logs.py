@@ -30,7 +30,7 @@ from pydantic import StringConstraints
 from runledger.services.runtime import redis as redis_clients
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.domain.states import StateType, is_finished
-from runledger.messages.logs import LEVELS, BatchTooLarge, LogLimits, RecordError, chunks, parse_time, validate_batch
+from runledger.messages.logs import LEVELS, MAX_KEY_LENGTH, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, parse_time, validate_batch
 from runledger.services.ingress.errors import RETRY_AFTER_SECONDS, documented
 from runledger.services.ingress.responses import JSONResponse
 from runledger.services.runtime import kafka as clients
@@ -117,10 +117,12 @@ router = APIRouter(prefix="/api/v1", default_response_class=JSONResponse, lifesp
 
 
 # -- write ---------------------------------------------------------------------------------------
-async def write_logs(app, records: Any) -> WriteResult:
-    """Validate, refuse unknown runs, produce the rest keyed by run; return once durable."""
+async def write_logs(app, records: Any, key: str | None = None) -> WriteResult:
+    """Validate, refuse unknown runs, produce the rest keyed by run; return once durable. A batch
+    with an idempotency ``key`` is stored once however often it is sent (``messages.logs``)."""
     ctx = logs_of(app)
-    batch = validate_batch(records, ctx.limits, datetime.now(timezone.utc))  # BatchTooLarge: nothing written
+    now = datetime.now(timezone.utc)
+    batch = validate_batch(records, ctx.limits, now)  # BatchTooLarge: nothing written
     total = len(records) if isinstance(records, list) else 1
     run_ids = list(dict.fromkeys(line.flow_run_id for line in batch.lines))
     known = {doc["id"] for doc in await app.state.application.read.flow_runs(run_ids)} if run_ids else set()
@@ -135,7 +137,7 @@ async def write_logs(app, records: Any) -> WriteResult:
         else:
             errors.append(RecordError(line.index, "flow_run_id", f"no flow run with id {line.flow_run_id}", "not_found"))
     errors.sort(key=lambda e: e.index)
-    parts, _ = chunks(accepted, ctx.limits)
+    parts, _ = chunks(accepted, ctx.limits, key, int(now.timestamp() * 1000))
     if parts:
         producer = await ctx.producer_ready()
         try:
@@ -183,7 +185,14 @@ WRITE_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["logs"],
-                    "properties": {"logs": {"type": "array", "items": LOG_RECORD}},
+                    "additionalProperties": False,
+                    "properties": {
+                        "logs": {"type": "array", "items": LOG_RECORD},
+                        "idempotency_key": {
+                            "type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+                            "description": "Names this batch: sent again (say, after a lost answer) within 24 h, it is not stored twice",
+                        },
+                    },
                     "description": "A batch (a bare list of records, or one record, is taken too)",
                 },
                 "example": {"logs": [{"flow_run_id": "…", "level": "INFO", "name": "prefect", "message": "hello"}]},
@@ -204,19 +213,28 @@ WRITE_BODY = {
     ),
 )
 async def post_logs(request: Request) -> Any:
-    """Write a batch: ``{"logs": [record, ...]}`` (or one record, or a bare list). A record:
+    """Write a batch: ``{"logs": [record, ...], "idempotency_key"?: K}`` (or one record, or a bare
+    list). A batch with a key is stored once however often it is re-sent within 24 h. A record:
     ``flow_run_id``, ``task_run_id``?, ``timestamp``? (default: now), ``level``? (INFO),
     ``name``?, ``message``, ``info``? (JSON)."""
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         return JSONResponse({"detail": [{"loc": ["body"], "msg": f"malformed JSON ({exc})", "type": "json_invalid"}]}, status_code=400)
-    records = body.get("logs") if isinstance(body, dict) and "logs" in body else body
+    wrapped = isinstance(body, dict) and "logs" in body
+    records = body.get("logs") if wrapped else body
     if not isinstance(records, (list, dict)):
         loc = ["body", "logs"] if isinstance(body, dict) else ["body"]
         return JSONResponse({"detail": [{"loc": loc, "msg": "expected a list of log records (or one record)", "type": "list_type"}]}, status_code=422)
+    extra = sorted(body.keys() - {"logs", "idempotency_key"}) if wrapped else []
+    if extra:
+        return JSONResponse({"detail": [{"loc": ["body", extra[0]], "msg": "unknown field", "type": "extra_forbidden"}]}, status_code=422)
     try:
-        result = await write_logs(request.app, records)
+        key = batch_key(body.get("idempotency_key")) if wrapped else None
+    except ValueError as exc:
+        return JSONResponse({"detail": [{"loc": ["body", "idempotency_key"], "msg": str(exc), "type": "value_error"}]}, status_code=422)
+    try:
+        result = await write_logs(request.app, records, key)
     except BatchTooLarge as exc:
         return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": str(exc), "type": "too_large"}]}, status_code=413)
     except LogsUnavailable as exc:

@@ -7,7 +7,8 @@ writes, dedup and saved positions); bench/README.md "Logs: Faust vs aiokafka" co
 
 - ``LogLines`` (group ``runledger-logs``) reads the ``logs`` topic. Each record holds lines of one
   run; a Lua script per record appends them to the run's timeline and index *and* records the
-  record's offset for that run, so a redelivered record is a no-op. The batch's position is saved
+  record's offset for that run, so a redelivered record is a no-op (and a chunk of a keyed batch
+  the client re-sent is dropped by its name). The batch's position is saved
   after its lines (``logs:cp:*``); Kafka offsets are not committed: on assignment the loop seeks
   to the saved position, so deleting the store replays it from the topic.
 - ``RunStates`` (group ``runledger-logs-states``) reads ``events`` and appends each flow-run state
@@ -162,7 +163,8 @@ class LogLines(_StoreConsumer):
         if chunk.end is not None:
             self.store.queue_end(pipe, chunk.flow_run_id, record.offset, chunk.end)
         elif chunk.lines:
-            self.store.queue_lines(pipe, chunk.flow_run_id, record.offset, chunk.lines, self.settings.logs_max_lines_per_run)
+            self.store.queue_lines(pipe, chunk.flow_run_id, record.offset, chunk.lines, self.settings.logs_max_lines_per_run,
+                                   chunk.batch, chunk.sent_ms)
 
     def count(self, chunk: LogChunk) -> int:
         return len(chunk.lines)

@@ -8,6 +8,8 @@ one hash slot; Redis-Cluster safe):
 - ``{p}:logs:{<run>}:tl``   stream; entry fields ``k`` (``l`` line, ``s`` state, ``e`` end) and ``d`` (JSON)
 - ``{p}:logs:{<run>}:ix``   sorted set of ``<16-digit µs timestamp><13-digit ms>-<6-digit seq><level code>``
                             (the middle part is the line's stream id, zero-padded)
+- ``{p}:logs:{<run>}:bk``   sorted set of the keyed batch chunks applied (``<key>#<first record>``, by
+                            sent time, ms): a re-sent keyed batch is dropped (``messages.logs``)
 - ``{p}:logs:{<run>}:meta`` hash: ``lo``/``eo`` = the last logs/events offset applied for this run
                             (a redelivered record at or below it is a no-op), ``exp`` (when the
                             run's logs expire), ``ended`` (version the end marker was written for)
@@ -29,18 +31,33 @@ from datetime import datetime
 import orjson
 
 from runledger.services.runtime import redis as redis_clients
-from runledger.messages.logs import LEVEL_CODE, micros
+from runledger.messages.logs import BATCH_KEY_SECONDS, BATCH_KEYS_PER_RUN, LEVEL_CODE, micros
 
 MAX_US = 10**16 - 1
 
-# KEYS: tl, ix, meta. ARGV: offset, cap, n, then n triples (ts16, level code, json).
+# KEYS: tl, ix, meta, bk. ARGV: offset, cap, n, batch ('' = none), sent ms, keep ms, keep count,
+# then n triples (ts16, level code, json). Returns the lines added; -1 for a repeated batch.
 _WRITE_LINES = """
 local off = tonumber(ARGV[1])
 local lo = tonumber(redis.call('HGET', KEYS[3], 'lo') or '-1')
 if off <= lo then return 0 end
+local exp = redis.call('HGET', KEYS[3], 'exp')
+if ARGV[4] ~= '' then
+  local sent = tonumber(ARGV[5])
+  local repeated = redis.call('ZSCORE', KEYS[4], ARGV[4])
+  redis.call('ZADD', KEYS[4], 'GT', sent, ARGV[4])  -- adds it, or refreshes a repeat
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (sent - tonumber(ARGV[6])))
+  local kept = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
+  if kept > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, kept - 1) end
+  if exp then redis.call('PEXPIREAT', KEYS[4], exp) end
+  if repeated then
+    redis.call('HSET', KEYS[3], 'lo', ARGV[1])
+    return -1
+  end
+end
 local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local base = 4 + i * 3
+  local base = 8 + i * 3
   local id = redis.call('XADD', KEYS[1], '*', 'k', 'l', 'd', ARGV[base + 2])
   local dash = string.find(id, '-', 1, true)
   local ms = string.sub(id, 1, dash - 1)
@@ -59,7 +76,6 @@ if count > cap then
     redis.call('XDEL', KEYS[1], ms .. '-' .. sq)
   end
 end
-local exp = redis.call('HGET', KEYS[3], 'exp')
 if exp then
   redis.call('PEXPIREAT', KEYS[1], exp)
   redis.call('PEXPIREAT', KEYS[2], exp)
@@ -68,7 +84,7 @@ end
 return n
 """
 
-# KEYS: tl, ix, meta. ARGV: offset, json, finished (0/1), expiry ms ('' = none), state type.
+# KEYS: tl, ix, meta, bk. ARGV: offset, json, finished (0/1), expiry ms ('' = none), state type.
 _WRITE_STATE = """
 local off = tonumber(ARGV[1])
 local eo = tonumber(redis.call('HGET', KEYS[3], 'eo') or '-1')
@@ -78,15 +94,11 @@ redis.call('HSET', KEYS[3], 'eo', ARGV[1], 'st', ARGV[5])
 if ARGV[3] == '1' then
   if ARGV[4] ~= '' then
     redis.call('HSET', KEYS[3], 'exp', ARGV[4])
-    redis.call('PEXPIREAT', KEYS[1], ARGV[4])
-    redis.call('PEXPIREAT', KEYS[2], ARGV[4])
-    redis.call('PEXPIREAT', KEYS[3], ARGV[4])
+    for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[4]) end
   end
 else
   if redis.call('HDEL', KEYS[3], 'exp') == 1 then
-    redis.call('PERSIST', KEYS[1])
-    redis.call('PERSIST', KEYS[2])
-    redis.call('PERSIST', KEYS[3])
+    for i = 1, 4 do redis.call('PERSIST', KEYS[i]) end
   end
 end
 return 1
@@ -206,6 +218,9 @@ class LogStore:
     def meta_key(self, run_id: str) -> str:
         return f"{self.base}:{{{run_id}}}:meta"
 
+    def batches_key(self, run_id: str) -> str:
+        return f"{self.base}:{{{run_id}}}:bk"
+
     def checkpoint_key(self, topic: str, partition: int) -> str:
         return f"{self.base}:cp:{topic}:{partition}"
 
@@ -218,25 +233,27 @@ class LogStore:
         return f"{self.base}:*"
 
     # -- writes (the log service) -------------------------------------------------------------
-    def queue_lines(self, pipe, run_id: str, offset: int, lines: list[dict], cap: int) -> None:
-        """Queue the lines of one logs record on ``pipe`` (applied at most once per run and offset)."""
-        args: list = [offset, cap, len(lines)]
+    def queue_lines(self, pipe, run_id: str, offset: int, lines: list[dict], cap: int,
+                    batch: str | None = None, sent_ms: int | None = None) -> None:
+        """Queue the lines of one logs record on ``pipe``: applied at most once per run and offset,
+        and, for a chunk of a keyed batch (``batch``), at most once per run and batch."""
+        args: list = [offset, cap, len(lines), batch or "", sent_ms or 0, BATCH_KEY_SECONDS * 1000, BATCH_KEYS_PER_RUN]
         for line in lines:
             try:
                 ts = ts_key(datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")))
             except (KeyError, AttributeError, ValueError, TypeError):
                 ts = "0" * 16
             args += [ts, LEVEL_CODE.get(line.get("level"), "I"), orjson.dumps(line)]
-        keys = [self.timeline_key(run_id), self.index_key(run_id), self.meta_key(run_id)]
-        pipe.evalsha(self._lines.sha, 3, *keys, *args)
+        keys = [self.timeline_key(run_id), self.index_key(run_id), self.meta_key(run_id), self.batches_key(run_id)]
+        pipe.evalsha(self._lines.sha, 4, *keys, *args)
 
     def queue_end(self, pipe, run_id: str, offset: int, version: int) -> None:
         pipe.evalsha(self._end.sha, 2, self.timeline_key(run_id), self.meta_key(run_id), offset, version)
 
     def queue_state(self, pipe, run_id: str, offset: int, entry: dict, finished: bool, expire_at_ms: int | None) -> None:
-        keys = [self.timeline_key(run_id), self.index_key(run_id), self.meta_key(run_id)]
+        keys = [self.timeline_key(run_id), self.index_key(run_id), self.meta_key(run_id), self.batches_key(run_id)]
         args = [offset, orjson.dumps(entry), "1" if finished else "0", "" if expire_at_ms is None else int(expire_at_ms), entry["type"]]
-        pipe.evalsha(self._state.sha, 3, *keys, *args)
+        pipe.evalsha(self._state.sha, 4, *keys, *args)
 
     async def ensure_scripts(self) -> None:
         for script in (self._lines, self._state, self._end, self._query, self._due):

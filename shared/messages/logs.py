@@ -9,6 +9,15 @@ per run and chunk (``LogChunk``), so a run's lines stay in one partition, in ord
 A line's identity is (topic partition, offset, index in the chunk): the log store applies a
 chunk at most once per run (it remembers the last offset it applied for each run), so a
 redelivered chunk never duplicates a line.
+
+A client that re-sends a batch (its first attempt's answer was lost) makes new records, with new
+offsets. A batch sent with an ``idempotency_key`` is stored once anyway: each of its chunks carries
+``batch`` = ``<key>#<index of the chunk's first record>`` and the time it was sent, and the store
+drops a chunk whose ``batch`` it already applied for that run within ``BATCH_KEY_SECONDS`` (a
+repeat refreshes it; at most ``BATCH_KEYS_PER_RUN`` per run are remembered). A key names one batch:
+a repeat is dropped even if its records differ. Chunk boundaries depend only on the records' sizes
+and the limits, so a re-sent batch is cut the same way (chunks are 512 KiB: a batch of one run
+smaller than that is one chunk).
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ LEVEL_NUMBER = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL":
 LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
 FIELDS = ("flow_run_id", "task_run_id", "timestamp", "level", "name", "message", "info")
 FIELD_SET = frozenset(FIELDS)
+MAX_KEY_LENGTH = 500  # as for a flow run's idempotency key
+BATCH_KEY_SECONDS = 86_400  # how long the store remembers a batch key per run (refreshed by a repeat)
+BATCH_KEYS_PER_RUN = 10_000  # and how many, the oldest forgotten first
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,17 @@ class BatchTooLarge(ValueError):
     def __init__(self, msg: str, field_name: str = "logs") -> None:
         super().__init__(msg)
         self.field = field_name
+
+
+def batch_key(value: Any) -> str | None:
+    """A log batch's optional ``idempotency_key``; ``ValueError`` says why it is not one."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    if not value or len(value) > MAX_KEY_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_KEY_LENGTH} characters long")
+    return value
 
 
 def iso(t: datetime) -> str:
@@ -192,16 +215,20 @@ def validate_batch(records: Any, limits: LogLimits, now: datetime) -> ValidatedB
 class LogChunk(BaseModel):
     """The value of one record on the ``logs`` topic: lines of one flow run (the record key), or
     the end marker the log service writes after a run finished (``end`` = the finishing state's
-    version), which tells watchers that every line acknowledged before it has been stored."""
+    version), which tells watchers that every line acknowledged before it has been stored.
+    ``batch`` and ``sent_ms``: the chunk's identity within a keyed batch, and when it was sent."""
 
     flow_run_id: str
     lines: list[dict[str, Any]] = []
     end: int | None = None
+    batch: str | None = None
+    sent_ms: int | None = None
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"flow_run_id": self.flow_run_id, "lines": self.lines}
-        if self.end is not None:
-            body["end"] = self.end
+        for name in ("end", "batch", "sent_ms"):
+            if getattr(self, name) is not None:
+                body[name] = getattr(self, name)
         return orjson.dumps(body)
 
     @staticmethod
@@ -214,33 +241,43 @@ class LogChunk(BaseModel):
             raise ValueError("end must be an integer")
         if not all(isinstance(line, dict) for line in body.get("lines", [])):
             raise ValueError("every line must be an object")
-        return LogChunk.model_construct(flow_run_id=body["flow_run_id"], lines=body.get("lines", []), end=end)
+        batch, sent_ms = body.get("batch"), body.get("sent_ms")
+        if batch is not None and (not isinstance(batch, str) or not isinstance(sent_ms, int) or isinstance(sent_ms, bool)):
+            raise ValueError("batch must be a string, with sent_ms an integer")
+        return LogChunk.model_construct(flow_run_id=body["flow_run_id"], lines=body.get("lines", []), end=end,
+                                        batch=batch, sent_ms=sent_ms if batch is not None else None)
 
 
-def chunks(lines: list[LogLine], limits: LogLimits) -> tuple[list[tuple[str, bytes]], int]:
+def chunks(lines: list[LogLine], limits: LogLimits, key: str | None = None, sent_ms: int = 0) -> tuple[list[tuple[str, bytes]], int]:
     """Group ``lines`` by flow run (keeping their order) into encoded ``LogChunk`` values of at
     most ``limits.chunk_bytes`` of lines each: ``[(flow_run_id, value), ...]``; also return the
-    batch's size in bytes. Raises ``BatchTooLarge`` when it is over ``limits.max_batch_bytes``."""
-    by_run: dict[str, list[bytes]] = {}
+    batch's size in bytes. Raises ``BatchTooLarge`` when it is over ``limits.max_batch_bytes``.
+    With an idempotency ``key``, each chunk is named ``<key>#<index of its first record>``."""
+    by_run: dict[str, list[tuple[int, bytes]]] = {}
     total = 0
     for line in lines:
         encoded = orjson.dumps(line.wire())
         total += len(encoded)
-        by_run.setdefault(line.flow_run_id, []).append(encoded)
+        by_run.setdefault(line.flow_run_id, []).append((line.index, encoded))
     if total > limits.max_batch_bytes:
         raise BatchTooLarge(f"logs: the batch is {total} bytes, over the limit of {limits.max_batch_bytes} bytes")
     out: list[tuple[str, bytes]] = []
     for run_id, items in by_run.items():
-        head = b'{"flow_run_id":' + orjson.dumps(run_id) + b',"lines":['
+        head = b'{"flow_run_id":' + orjson.dumps(run_id)
+
+        def chunk(first: int, encoded: list[bytes]) -> tuple[str, bytes]:
+            named = b"" if key is None else b',"batch":' + orjson.dumps(f"{key}#{first}") + b',"sent_ms":' + str(sent_ms).encode()
+            return run_id, head + named + b',"lines":[' + b",".join(encoded) + b"]}"
+
         current: list[bytes] = []
-        size = 0
-        for encoded in items:
+        first, size = items[0][0], 0
+        for index, encoded in items:
             if current and size + len(encoded) > limits.chunk_bytes:
-                out.append((run_id, head + b",".join(current) + b"]}"))
-                current, size = [], 0
+                out.append(chunk(first, current))
+                current, first, size = [], index, 0
             current.append(encoded)
             size += len(encoded)
-        out.append((run_id, head + b",".join(current) + b"]}"))
+        out.append(chunk(first, current))
     return out, total
 
 

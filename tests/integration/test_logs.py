@@ -222,6 +222,43 @@ def test_graphql_refusals_name_the_index_and_field(logs_stack, lapi):
     assert [l["message"] for l in wait_lines(lapi, rid, 1)] == ["kept"]
 
 
+def test_a_keyed_batch_sent_again_is_stored_once_rest_and_graphql(logs_stack, lapi):
+    rid = new_run(lapi)["id"]
+    other = new_run(lapi)["id"]
+    batch = [{"flow_run_id": rid, "message": f"k-{i}"} for i in range(3)] + [{"flow_run_id": other, "message": "k-other"}]
+    for _ in range(3):  # the client lost the answer twice and re-sent
+        r = lapi.post("/logs", json={"logs": batch, "idempotency_key": "batch-1"})
+        assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
+    assert gql(logs_stack, GQL_WRITE, {"input": {"logs": batch, "idempotency_key": "batch-1"}})["data"]["write_run_logs"]["success"]
+    # the same records under another key, or none, are another batch
+    lapi.post("/logs", json={"logs": batch[:1], "idempotency_key": "batch-2"})
+    lapi.post("/logs", json={"logs": [{"flow_run_id": rid, "message": "marker"}]})
+    messages = [l["message"] for l in wait_lines(lapi, rid, 5)]
+    assert sorted(messages) == ["k-0", "k-0", "k-1", "k-2", "marker"]
+    assert [l["message"] for l in wait_lines(lapi, other, 1)] == ["k-other"]
+    r = _redis(logs_stack)
+    assert r.zcard(f"rl:logs:{{{rid}}}:bk") == 2  # batch-1#0, batch-2#0
+    # a rebuild of the store from the topic drops the repeats again
+    r.delete(*r.scan_iter(f"rl:logs:{{{rid}}}:*"))
+    r.delete(*r.scan_iter("rl:logs:cp:*"))
+    time.sleep(1.0)
+    assert sorted(l["message"] for l in wait_lines(lapi, rid, 5)) == ["k-0", "k-0", "k-1", "k-2", "marker"]
+
+
+def test_a_bad_batch_key_is_refused_naming_the_field(logs_stack, lapi):
+    rid = new_run(lapi)["id"]
+    record = {"flow_run_id": rid, "message": "never stored"}
+    for key in ("", 7, "x" * 501):
+        r = lapi.post("/logs", json={"logs": [record], "idempotency_key": key})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "idempotency_key"], r.text
+    r = lapi.post("/logs", json={"logs": [record], "idempotency-key": "k"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "idempotency-key"], r.text
+    (err,) = gql(logs_stack, GQL_WRITE, {"input": {"logs": [record], "idempotency_key": ""}})["errors"]
+    assert err["extensions"]["code"] == "BAD_USER_INPUT" and err["extensions"]["field"] == "idempotency_key"
+    lapi.post("/logs", json={"logs": [{"flow_run_id": rid, "message": "marker"}]})
+    assert [l["message"] for l in wait_lines(lapi, rid, 1)] == ["marker"]
+
+
 def _redis(logs_stack):
     return redis_sync.Redis.from_url(logs_stack.redis_url)
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, chunks, parse_time, validate_batch
+from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, batch_key, chunks, parse_time, validate_batch
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -82,8 +82,32 @@ def test_chunks_are_per_run_in_order_and_bounded():
     assert all(len(value) < 500 + 200 for _, value in parts) and len(parts) > 2
 
 
+def test_chunks_of_a_keyed_batch_are_named_by_key_and_first_record_the_same_way_each_time():
+    records = [{"flow_run_id": "a" if i % 3 else "b", "message": f"m{i}" + "x" * 50} for i in range(30)]
+    lines = validate_batch(records, LogLimits(), NOW).lines
+    parts, _ = chunks(lines, LogLimits(chunk_bytes=500), key="K", sent_ms=1234)
+    decoded = [LogChunk.decode(value) for _, value in parts]
+    names = [c.batch for c in decoded]
+    assert len(set(names)) == len(names) and all(c.sent_ms == 1234 for c in decoded)
+    for c in decoded:  # each chunk is named after the batch index of its first record
+        first = next(i for i, r in enumerate(records) if r["message"] == c.lines[0]["message"])
+        assert c.batch == f"K#{first}"
+    again, _ = chunks(validate_batch(records, LogLimits(), NOW).lines, LogLimits(chunk_bytes=500), key="K", sent_ms=9999)
+    assert [LogChunk.decode(v).batch for _, v in again] == names
+    unkeyed = LogChunk.decode(chunks(lines, LogLimits())[0][0][1])
+    assert unkeyed.batch is None and unkeyed.sent_ms is None
+
+
+def test_batch_key_is_an_optional_string_of_1_to_500_characters():
+    assert batch_key(None) is None and batch_key("k") == "k" and batch_key("x" * 500) == "x" * 500
+    for bad in ("", "x" * 501, 3, True, ["k"]):
+        with pytest.raises(ValueError):
+            batch_key(bad)
+
+
 def test_end_marker_round_trips_and_garbage_is_refused():
     assert LogChunk.decode(LogChunk(flow_run_id="r", end=3).encode()).end == 3
-    for raw in (b"[]", b'{"lines": []}', b'{"flow_run_id": "r", "lines": [1]}', b'{"flow_run_id": "r", "end": "x"}'):
+    for raw in (b"[]", b'{"lines": []}', b'{"flow_run_id": "r", "lines": [1]}', b'{"flow_run_id": "r", "end": "x"}',
+                b'{"flow_run_id": "r", "batch": 5, "sent_ms": 1}', b'{"flow_run_id": "r", "batch": "k"}'):
         with pytest.raises(ValueError):
             LogChunk.decode(raw)

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from ariadne import MutationType, ObjectType
 
-from runledger.messages.logs import LEVELS, BatchTooLarge, parse_time
+from runledger.messages.logs import LEVELS, BatchTooLarge, batch_key, parse_time
 from runledger.services.ingress.graphql.coercion import json_object
 from runledger.services.ingress.graphql.errors import error, translate_errors
 from runledger.services.ingress.graphql.views import page
@@ -33,7 +33,11 @@ MAX_READ = 10_000  # lines one nested read returns at most
 async def resolve_write_run_logs(_, info, input):
     app = info.context["request"].app
     try:
-        result = await write_logs(app, input["logs"])
+        key = batch_key(input.get("idempotency_key"))
+    except ValueError as exc:
+        raise error(f"idempotency_key: {exc}", "BAD_USER_INPUT", field="idempotency_key") from None
+    try:
+        result = await write_logs(app, input["logs"], key)
     except BatchTooLarge as exc:
         raise error(str(exc), "BAD_USER_INPUT", field=exc.field, type="too_large") from None
     except LogsUnavailable as exc:
