@@ -30,7 +30,7 @@ from pydantic import StringConstraints
 from runledger.services.runtime import redis as redis_clients
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.domain.states import StateType, is_finished
-from runledger.messages.logs import LEVELS, MAX_KEY_LENGTH, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, parse_time, validate_batch
+from runledger.messages.logs import LEVELS, MAX_KEY_LENGTH, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, content_key, parse_time, validate_batch
 from runledger.services.ingress.errors import RETRY_AFTER_SECONDS, documented
 from runledger.services.ingress.responses import JSONResponse
 from runledger.services.runtime import kafka as clients
@@ -137,7 +137,7 @@ async def write_logs(app, records: Any, key: str | None = None) -> WriteResult:
         else:
             errors.append(RecordError(line.index, "flow_run_id", f"no flow run with id {line.flow_run_id}", "not_found"))
     errors.sort(key=lambda e: e.index)
-    parts, _ = chunks(accepted, ctx.limits, key, int(now.timestamp() * 1000))
+    parts, _ = chunks(accepted, ctx.limits, key or content_key(records), int(now.timestamp() * 1000))
     if parts:
         producer = await ctx.producer_ready()
         try:

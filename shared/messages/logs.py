@@ -15,13 +15,18 @@ offsets. A batch sent with an ``idempotency_key`` is stored once anyway: each of
 ``batch`` = ``<key>#<index of the chunk's first record>`` and the time it was sent, and the store
 drops a chunk whose ``batch`` it already applied for that run within ``BATCH_KEY_SECONDS`` (a
 repeat refreshes it; at most ``BATCH_KEYS_PER_RUN`` per run are remembered). A key names one batch:
-a repeat is dropped even if its records differ. Chunk boundaries depend only on the records' sizes
+a repeat is dropped even if its records differ. A batch sent without a key in which every record
+carries its own timestamp is keyed by its content (``content_key``): the Prefect 1.x client sends
+no key but re-sends a batch after a 5xx or a dropped connection, and two batches identical to the
+microsecond are that re-send. Records without a timestamp (an agent's) get the server's time, so a
+batch of them is not keyed: the same message sent twice on purpose must be stored twice. Chunk boundaries depend only on the records' sizes
 and the limits, so a re-sent batch is cut the same way (chunks are 512 KiB: a batch of one run
 smaller than that is one chunk).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -109,6 +114,17 @@ def batch_key(value: Any) -> str | None:
     if not value or len(value) > MAX_KEY_LENGTH:
         raise ValueError(f"must be 1 to {MAX_KEY_LENGTH} characters long")
     return value
+
+
+def content_key(records: Any) -> str | None:
+    """The implicit key of an unkeyed batch whose every record has a timestamp; None otherwise."""
+    items = [records] if isinstance(records, dict) else records
+    if not isinstance(items, list) or not items or not all(isinstance(r, dict) and r.get("timestamp") is not None for r in items):
+        return None
+    try:
+        return "content:" + hashlib.blake2b(orjson.dumps(items, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    except (TypeError, orjson.JSONEncodeError):
+        return None  # validation refuses such a record anyway
 
 
 def iso(t: datetime) -> str:

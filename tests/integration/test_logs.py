@@ -245,6 +245,19 @@ def test_a_keyed_batch_sent_again_is_stored_once_rest_and_graphql(logs_stack, la
     assert sorted(l["message"] for l in wait_lines(lapi, rid, 5)) == ["k-0", "k-0", "k-1", "k-2", "marker"]
 
 
+def test_an_unkeyed_batch_sent_again_is_stored_once_when_every_record_has_a_timestamp(logs_stack, lapi):
+    rid = new_run(lapi)["id"]
+    stamped = [{"flow_run_id": rid, "timestamp": f"2024-05-01T10:00:0{i}.123456Z", "message": f"s-{i}"} for i in range(3)]
+    for _ in range(2):  # as the Prefect client re-sends after a 5xx or a dropped connection
+        assert gql(logs_stack, GQL_WRITE, {"input": {"logs": stamped}})["data"]["write_run_logs"]["success"]
+    # without timestamps (an agent's lines) the same message twice is two lines
+    for _ in range(2):
+        assert lapi.post("/logs", json={"logs": [{"flow_run_id": rid, "message": "agent says"}]}).status_code == 200
+    lapi.post("/logs", json={"logs": [{"flow_run_id": rid, "message": "marker"}]})
+    lines = wait_lines(lapi, rid, 6)
+    assert sorted(l["message"] for l in lines) == ["agent says", "agent says", "marker", "s-0", "s-1", "s-2"]
+
+
 def test_a_bad_batch_key_is_refused_naming_the_field(logs_stack, lapi):
     rid = new_run(lapi)["id"]
     record = {"flow_run_id": rid, "message": "never stored"}

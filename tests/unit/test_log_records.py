@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, batch_key, chunks, parse_time, validate_batch
+from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, batch_key, chunks, content_key, parse_time, validate_batch
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -103,6 +103,15 @@ def test_batch_key_is_an_optional_string_of_1_to_500_characters():
     for bad in ("", "x" * 501, 3, True, ["k"]):
         with pytest.raises(ValueError):
             batch_key(bad)
+
+
+def test_content_key_only_when_every_record_has_a_timestamp():
+    a = {"flow_run_id": "r", "message": "m", "timestamp": "2024-05-01T10:00:00.5Z"}
+    b = {"flow_run_id": "r", "message": "n", "timestamp": 1714557600.25}
+    assert content_key([a, b]) == content_key([dict(reversed(a.items())), b])  # key order does not matter
+    assert content_key([a, b]) != content_key([b, a]) and content_key(a) == content_key([a])
+    assert content_key([a, {"flow_run_id": "r", "message": "n"}]) is None and content_key([]) is None
+    assert content_key("nonsense") is None
 
 
 def test_end_marker_round_trips_and_garbage_is_refused():
