@@ -9,6 +9,8 @@ WARNING) it measures, and prints as one table:
    acks=all) and records/s stored (until the log service has stored every acknowledged line);
 2. watch delay: one SSE watcher per run, batches of 10 lines at a steady rate; the delay from a
    batch's acknowledgement (the POST's answer) to the watcher receiving its last line, p50/p99;
+   and the CPU time each process (ingress, log service, broker, Redis) spent per 1,000 records
+   acknowledged, a figure a shared machine disturbs much less than records/s;
 3. Redis memory per million records: ``used_memory`` growth over the lines stored in (1),
    divided by their number, times 10^6 (extrapolated from the measured count, which is printed);
 4. the consumer alone (no HTTP): the log service is stopped, ``--consumer-lines`` lines are
@@ -87,8 +89,27 @@ async def stored_lines(redis: aioredis.Redis, runs: list[str]) -> int:
         return sum(await pipe.execute())
 
 
-async def ingest(api: str, runs: list[str], batch: int, seconds: float, conc: int, redis) -> dict:
+CPU_PROCESSES = ("ingress", "logs", "broker", "redis")
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """User + system CPU seconds each stack process has used so far (Linux ``/proc``): CPU per
+    record is a figure a busy, shared machine changes far less than records/s."""
+    out = {}
+    for name in CPU_PROCESSES:
+        process = stack.processes.get(name)
+        try:
+            with open(f"/proc/{process.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (AttributeError, OSError, IndexError, ValueError):
+            out[name] = float("nan")
+    return out
+
+
+async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: float, conc: int, redis) -> dict:
     stop_at = time.monotonic() + seconds
+    cpu_before = cpu_seconds(stack)
     acked = 0
     errors = 0
     latencies: list[float] = []
@@ -122,7 +143,9 @@ async def ingest(api: str, runs: list[str], batch: int, seconds: float, conc: in
         await asyncio.sleep(0.05)
     drained = time.monotonic() - t0
     stored = (await stored_lines(redis, runs)) - before
+    cpu_after = cpu_seconds(stack)
     return {
+        "cpu_ms_per_1000": {name: (cpu_after[name] - cpu_before[name]) * 1e6 / max(acked, 1) for name in CPU_PROCESSES},
         "batch": batch,
         "acked": acked,
         "errors": errors,
@@ -241,7 +264,7 @@ async def main_async(args, stack: Stack) -> None:
             runs = await setup_runs(http, api, args.runs)
             watch_runs = await setup_runs(http, api, args.watchers)
         mem0 = (await redis.info("memory"))["used_memory"]
-        results = [await ingest(api, runs, b, args.seconds, args.conc, redis) for b in (100, 1000)]
+        results = [await ingest(stack, api, runs, b, args.seconds, args.conc, redis) for b in (100, 1000)]
         mem1 = (await redis.info("memory"))["used_memory"]
         stored = sum(r["stored"] for r in results)
         load_ingest = os.getloadavg()
@@ -270,6 +293,8 @@ async def main_async(args, stack: Stack) -> None:
     for r in results:
         print(f"| ingestion, batches of {r['batch']:,}: acknowledged | {r['ack_rate']:,.0f} records/s ({r['acked']:,} records, {r['errors']} errors; POST p50 {r['post_p50_ms']:.0f} ms, p99 {r['post_p99_ms']:.0f} ms) | ≥ 50,000 records/s |")
         print(f"| ingestion, batches of {r['batch']:,}: stored | {r['store_rate']:,.0f} records/s (all stored {r['drain_after_s']:.1f} s after the last ack) | |")
+        cpu = ", ".join(f"{name} {ms:.0f}" for name, ms in r["cpu_ms_per_1000"].items())
+        print(f"| ingestion, batches of {r['batch']:,}: CPU ms per 1,000 records | {cpu} | |")
     print(f"| watch delay, ack → watcher (p50 / p99 / max) | {delay['p50_ms']:.1f} / {delay['p99_ms']:.1f} / {delay['max_ms']:.1f} ms ({delay['received']} of {delay['batches']} batches) | p99 ≤ 100 ms |")
     for r in alone:
         print(f"| consumer alone, records of {r['batch']:,} lines: stored | {r['rate']:,.0f} records/s ({r['stored']:,} of {r['lines']:,} in {r['seconds']:.1f} s; first line {r['start_s']:.1f} s after the start) | |")
