@@ -42,21 +42,12 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
+from bench.measure import cpu_seconds, pct
 from runledger.messages.logs import LogChunk
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
 from runledger.settings import Settings
 from runledger.topics import LOGS, topics_for
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    pos = (len(values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 def record(run_id: str, task_run_id: str, n: int) -> dict:
@@ -92,24 +83,9 @@ async def stored_lines(redis: aioredis.Redis, runs: list[str]) -> int:
 CPU_PROCESSES = ("ingress", "logs", "broker", "redis")
 
 
-def cpu_seconds(stack: Stack) -> dict[str, float]:
-    """User + system CPU seconds each stack process has used so far (Linux ``/proc``): CPU per
-    record is a figure a busy, shared machine changes far less than records/s."""
-    out = {}
-    for name in CPU_PROCESSES:
-        process = stack.processes.get(name)
-        try:
-            with open(f"/proc/{process.pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (AttributeError, OSError, IndexError, ValueError):
-            out[name] = float("nan")
-    return out
-
-
 async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: float, conc: int, redis) -> dict:
     stop_at = time.monotonic() + seconds
-    cpu_before = cpu_seconds(stack)
+    cpu_before = cpu_seconds(stack, CPU_PROCESSES)
     acked = 0
     errors = 0
     latencies: list[float] = []
@@ -143,7 +119,7 @@ async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: f
         await asyncio.sleep(0.05)
     drained = time.monotonic() - t0
     stored = (await stored_lines(redis, runs)) - before
-    cpu_after = cpu_seconds(stack)
+    cpu_after = cpu_seconds(stack, CPU_PROCESSES)
     return {
         "cpu_ms_per_1000": {name: (cpu_after[name] - cpu_before[name]) * 1e6 / max(acked, 1) for name in CPU_PROCESSES},
         "batch": batch,

@@ -28,8 +28,9 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 
-from bench.logs import pct
+from bench.measure import cpu_seconds, pct
 
+CPU_PROCESSES = ("ingress", "transitions", "projector", "scheduling", "broker", "redis")
 POLL = "mutation($input: get_runs_in_queue_input!) { get_runs_in_queue(input: $input) { flow_run_ids } }"
 CLAIM = "mutation($input: set_flow_run_states_input!) { set_flow_run_states(input: $input) { states { id status } } }"
 REGISTER = "mutation($input: register_agent_input!) { register_agent(input: $input) { id } }"
@@ -156,10 +157,15 @@ async def run(args) -> None:
                   f"{q['claimed']} claimed, {q['lost_races']} lost races, {q['polls']} polls "
                   f"(poll answer p50 {q['poll_p50']*1000:.0f} ms, p99 {q['poll_p99']*1000:.0f} ms; "
                   f"claim answer p50 {q['claim_p50']*1000:.0f} ms, p99 {q['claim_p99']*1000:.0f} ms)")
+            cpu_before = cpu_seconds(stack, CPU_PROCESSES) if stack is not None else None
             c = await scenario(http, url, flow["id"], args.agents, args.claim_runs, 0.0, 0.0, args.idle, args.claim_conc, 300)
+            cpu_after = cpu_seconds(stack, CPU_PROCESSES) if stack is not None else None
             print(f"2. claims: {c['claimed']} of {c['runs']} due runs claimed by {args.agents} agents in {c['wall']:.1f} s = "
                   f"{c['claims_per_s']:.0f} claims/s ({c['lost_races']} lost races, {c['polls']} polls; "
                   f"claim answer p50 {c['claim_p50']*1000:.0f} ms, p99 {c['claim_p99']*1000:.0f} ms)")
+            if cpu_before is not None:  # creating the runs is in it too: one create per claimed run
+                per = {n: (cpu_after[n] - cpu_before[n]) * 1000 / max(c["claimed"], 1) for n in CPU_PROCESSES}
+                print("   CPU ms per run (create + polls + claim): " + ", ".join(f"{n} {ms:.1f}" for n, ms in per.items()))
             print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         if stack is not None:
