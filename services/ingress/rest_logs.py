@@ -284,7 +284,7 @@ async def read_page(request: Request, run_id: str, task_run_id: str | None, leve
             cursor=cursor,
         )
     except ValueError as exc:
-        raise RequestError(422, [FieldError(("query", "cursor"), str(exc), "value_error")]) from None
+        raise RequestError(400, [FieldError(("query", "cursor"), f"not a cursor this API gave out ({exc})", "invalid_cursor")]) from None
 
 
 def _ci(word: str) -> str:
@@ -305,7 +305,8 @@ READ_DOC = (
 )
 
 
-@router.get("/flow_runs/{flow_run_id}/logs", tags=["logs"], description=READ_DOC, responses=documented(404, 422, 503))
+@router.get("/flow_runs/{flow_run_id}/logs", tags=["logs"], description=READ_DOC,
+            responses=documented(400, 404, 422, 503, s400="A cursor that this API did not give out"))
 async def flow_run_logs(
     flow_run_id: str,
     request: Request,
@@ -325,7 +326,8 @@ async def flow_run_logs(
     return {"logs": page.lines, "next_cursor": page.next_cursor}
 
 
-@router.get("/task_runs/{task_run_id}/logs", tags=["logs"], description=READ_DOC, responses=documented(404, 422, 503))
+@router.get("/task_runs/{task_run_id}/logs", tags=["logs"], description=READ_DOC,
+            responses=documented(400, 404, 422, 503, s400="A cursor that this API did not give out"))
 async def task_run_logs(
     task_run_id: str,
     request: Request,

@@ -267,14 +267,17 @@ class TransitionsService(ConsumerService):
                         code="INVALID", message=f"the command could not be decided and was set aside: {type(exc).__name__}"
                     ))
                 if answer.rejection is not None and answer.rejection.code == "NOT_FOUND":
-                    # The ingress checks existence first, so this means a stale read model or a lost log.
+                    # The ingress checks existence first: for an aggregate this book does not hold,
+                    # that means a stale read model or a lost log; otherwise it is a part (a task
+                    # run, a flow) the command named wrongly.
                     self.log.warning(
-                        "command for an unknown aggregate",
+                        "command refused: not found",
+                        reason=answer.rejection.message,
+                        aggregate_known=command.aggregate_id in book.ledger.aggregates,
                         partition=tp.partition,
                         offset=record.offset,
                         aggregate=command.aggregate_id,
                         command=command.type,
-                        known=len(book.ledger.aggregates),
                     )
                 sends = [
                     await self.producer.send(

@@ -373,6 +373,16 @@ def test_prefect_run_watch_with_a_local_agent(pf, agent, http, tmp_path, budget)
     agent.wait_for(re.escape(run_id), timeout=budget.within(5))  # the agent says which run it deployed
 
 
+def ctrl_c_and_cancel(run, budget) -> None:
+    """Ctrl-C on ``prefect run --watch``, answer "y" to its question; it cancels the run and exits 0."""
+    run.interrupt()
+    run.wait_for(r"Keyboard interrupt detected!", timeout=budget.within(20))
+    run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=budget.within(20))
+    run.send("y\n")
+    run.wait_for(r"Cancelled flow run\.", timeout=budget.within(20))
+    assert run.wait(timeout=budget.within(20)) == 0
+
+
 # -- 2. no agent has the run's labels: the client's warning ------------------------------------------
 def test_prefect_run_watch_warns_when_no_agent_has_the_labels(pf, agent, http, tmp_path, budget):
     name = unique("hello-world")
@@ -388,11 +398,7 @@ def test_prefect_run_watch_warns_when_no_agent_has_the_labels(pf, agent, http, t
         ), warning.group(0)
         run_id = run_id_of(run.output)
         assert states_of(run_doc(http, run_id)) == ["Scheduled"]  # the agent never took it
-        run.interrupt()  # then Ctrl-C: cancelled (from Scheduled, straight to Cancelled)
-        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=budget.within(20))
-        run.send("y\n")
-        run.wait_for(r"Cancelled flow run\.", timeout=budget.within(20))
-        assert run.wait(timeout=budget.within(20)) == 0
+        ctrl_c_and_cancel(run, budget)  # cancelled from Scheduled, straight to Cancelled
     finally:
         run.stop()
     assert states_of(run_doc(http, run_id)) == ["Scheduled", "Cancelled"]
@@ -587,12 +593,7 @@ def test_ctrl_c_during_watch_cancels_the_run(pf, agent, http, tmp_path, budget):
     try:
         run.wait_for(r"started the long task", timeout=budget.within(45))
         run_id = run_id_of(run.output)
-        run.interrupt()
-        run.wait_for(r"Keyboard interrupt detected!", timeout=budget.within(20))
-        run.wait_for(r"Do you want to cancel this flow run\? \[Y/n\]: ", timeout=budget.within(20))
-        run.send("y\n")
-        run.wait_for(r"Cancelled flow run\.", timeout=budget.within(20))
-        assert run.wait(timeout=budget.within(20)) == 0
+        ctrl_c_and_cancel(run, budget)
     finally:
         run.stop()
     doc = wait_for_state(http, run_id, {"Cancelled", "Success", "Failed"}, timeout=budget.within(30))
