@@ -233,9 +233,19 @@ def log_size(stack: Stack) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+TIMELINE = ("started", "snapshot restored", "caught up")  # log events placed on the restart's timeline
+
+
+def _at(line: dict) -> float | None:
+    try:
+        return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
 def start_writer(stack: Stack, snapshots: bool, timeout: float) -> dict:
     since = log_size(stack)
-    started = time.perf_counter()
+    started, spawned = time.perf_counter(), time.time()
     process = stack.start_service("transitions", RUNLEDGER_SNAPSHOTS=str(snapshots).lower())
     stack.wait_ready("transitions", timeout)
     ready = time.perf_counter() - started
@@ -243,12 +253,20 @@ def start_writer(stack: Stack, snapshots: bool, timeout: float) -> dict:
     lines = log_lines(stack, since)
     caught = [line for line in lines if line.get("event") == "caught up"]
     restored = [line for line in lines if line.get("event") == "snapshot restored"]
+    # When (s after spawn) the first log line, "started", each restore and "caught up" were logged.
+    timeline = [(line["event"] + (f"[{line['partition']}]" if "partition" in line else ""), round(_at(line) - spawned, 2))
+                for line in lines if line.get("event") in TIMELINE and _at(line) is not None]
+    first = next((_at(line) for line in lines if _at(line) is not None), None)
+    if first is not None:
+        timeline.insert(0, ("first log line", round(first - spawned, 2)))
     return {
         "ready": ready,
         "caught_up": sum(line["seconds"] for line in caught),
         "replayed": sum(line["replayed"] for line in caught),
         "restored": len(restored),
         "restore_s": max((line["seconds"] for line in restored), default=0.0),
+        "restore_by_partition": {line["partition"]: line["seconds"] for line in restored},
+        "timeline": timeline,
         "rss": rss,
         "since": since,
     }
@@ -269,7 +287,19 @@ def stop_writer(stack: Stack) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------------
-def run_size(total: int, templates, partitions: int, timeout: float, full: bool, tail: int) -> dict:
+def _median_run(runs: list[dict]) -> dict:
+    """The restart with the median "ready" (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda m: m["ready"])[(len(runs) - 1) // 2]
+
+
+def _spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return f"median {median:.2f} s ({ordered[0]:.2f}-{ordered[-1]:.2f})"
+
+
+def run_size(total: int, templates, partitions: int, timeout: float, full: bool, tail: int, restarts: int = 1) -> dict:
     """``full``: the writer replays everything itself (off, then on and snapshotting), then restarts
     from its own snapshots. Otherwise the snapshots are seeded (``seeded_snapshots``) and ``tail``
     more events are produced after them: only the restart with snapshots on is measured."""
@@ -303,9 +333,16 @@ def run_size(total: int, templates, partitions: int, timeout: float, full: bool,
             row["tail"] = sum(tail_counts)
             print(f"  then {sum(tail_counts):,} more events (the tail) in {tail_s:.1f} s", flush=True)
         print(f"  snapshots: {sum(x['bytes'] for x in row['snapshots']) / 2**20:.1f} MiB raw", flush=True)
-        row["on"] = start_writer(stack, True, timeout)
-        stop_writer(stack)
-        print(f"  snapshots on, restart: ready {row['on']['ready']:.2f} s", flush=True)
+        row["restarts"] = []
+        for _ in range(restarts):
+            m = start_writer(stack, True, timeout)
+            stop_writer(stack)
+            row["restarts"].append(m)
+            restores = " ".join(f"{p}:{s:.2f}" for p, s in sorted(m["restore_by_partition"].items()))
+            print(f"  snapshots on, restart: ready {m['ready']:.2f} s, caught up {m['caught_up']:.2f} s, "
+                  f"restore s by partition {restores or '-'}, load {os.getloadavg()[0]:.2f}", flush=True)
+            print("    timeline (s after spawn): " + ", ".join(f"{e} {t:.2f}" for e, t in m["timeline"]), flush=True)
+        row["on"] = _median_run(row["restarts"])
         return row
     finally:
         stack.stop()
@@ -321,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--templates", type=int, default=64, help="distinct template runs made by the ledger")
     parser.add_argument("--timeout", type=float, default=600.0, help="per writer start (s)")
+    parser.add_argument("--restarts", type=int, default=1,
+                        help="measure the restart with snapshots on this many times (the table shows the median)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -336,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for total in sizes:
         print(f"{total:,} events:", flush=True)
-        rows.append(run_size(total, templates, args.partitions, args.timeout, total <= args.full_max, args.tail))
+        rows.append(run_size(total, templates, args.partitions, args.timeout, total <= args.full_max, args.tail,
+                             args.restarts))
     print()
     header = f"{'events':>10} | {'snapshots':<28} | {'ready s':>8} | {'caught up s':>11} | {'replayed':>9} | {'RSS MiB':>8}"
     print(header)
@@ -362,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"longest lock hold while snapshotting {max(x.get('longest_hold_ms', x['capture_ms']) for x in s):.0f} ms")
         line += f"; restore (read + decode, slowest partition) {row['on']['restore_s']:.2f} s"
         print(line)
+        runs = row["restarts"]
+        if len(runs) > 1:
+            print(f"{row['events']:,} events, {len(runs)} restarts with snapshots on: ready {_spread([m['ready'] for m in runs])}, "
+                  f"caught up {_spread([m['caught_up'] for m in runs])}, "
+                  f"restore per partition {_spread([s for m in runs for s in m['restore_by_partition'].values()])}")
     print(f"\ntotal bench time {time.perf_counter() - started:.0f} s, load average now {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
