@@ -36,10 +36,9 @@ class Stored:
     partition: int
     snapshot_id: str
     position: int  # the next event offset to replay
-    raw: bytes  # the uncompressed snapshot (runledger.domain.snapshots format, with its own CRC-32)
+    compressed: bytes  # zstd of the snapshot (runledger.domain.snapshots format, with its own CRC-32); see unpack
     chunks: int
     manifest_offset: int
-    compressed_bytes: int
 
 
 def _headers(**values) -> list[tuple[str, bytes]]:
@@ -106,62 +105,117 @@ class SnapshotStore:
         return {**manifest, "manifest_offset": meta.offset, "chunks": len(chunks)}
 
     # -- reading ------------------------------------------------------------------------------
-    async def load(self, partition: int) -> Stored | None:
-        """The newest complete snapshot of ``partition``; None if there is none.
-        ``SnapshotUnavailable`` if one is named but cannot be read back."""
-        tp = TopicPartition(self.topic, partition)
-        self.reader.assign([tp])
-        end = (await self.reader.end_offsets([tp]))[tp]
-        if end == 0:
-            return None
-        last = await self._read(tp, end - 1, end - 1)
-        record = last.get(end - 1)
-        if record is None:
-            raise SnapshotUnavailable(f"the last record ({end - 1}) of {self.topic}[{partition}] could not be read")
-        headers = dict(record.headers or ())
-        if headers.get("kind") != MANIFEST:
-            prev = int(headers.get("prev", b"-1"))
-            if prev < 0:
-                return None  # chunks of a first snapshot that was never finished
-            record = (await self._read(tp, prev, prev)).get(prev)
-            if record is None or dict(record.headers or ()).get("kind") != MANIFEST:
-                raise SnapshotUnavailable(f"no manifest at offset {prev} of {self.topic}[{partition}]")
+    async def load(self, partitions: list[int]) -> dict[int, Stored | None | SnapshotUnavailable]:
+        """The newest complete snapshot of each of ``partitions``, still compressed (``unpack`` it):
+        None where there is none, a ``SnapshotUnavailable`` where one is named but cannot be read
+        back. One pass over all the partitions at once (their last records, then the manifests
+        those point back to, then every chunk range), so a restore of n partitions costs about the
+        round trips of one."""
+        tps = {p: TopicPartition(self.topic, p) for p in partitions}
+        out: dict[int, Stored | None | SnapshotUnavailable] = {}
         try:
-            manifest = orjson.loads(record.value)
-            offsets = [int(o) for o in manifest["chunk_offsets"]]
-            snapshot_id, position = manifest["snapshot_id"], int(manifest["position"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise SnapshotUnavailable(f"undecodable manifest at offset {record.offset}: {exc}") from None
-        found = await self._read(tp, min(offsets), max(offsets)) if offsets else {}
-        chunks = []
-        for i, offset in enumerate(offsets):
-            chunk = found.get(offset)
-            h = dict(chunk.headers or ()) if chunk is not None else {}
-            if chunk is None or h.get("snapshot") != snapshot_id.encode() or int(h.get("chunk", b"-1")) != i:
-                raise SnapshotUnavailable(f"chunk {i} of snapshot {snapshot_id} missing at offset {offset}")
-            chunks.append(chunk.value or b"")
-        compressed = b"".join(chunks)
-        try:
-            raw = bytes(cramjam.zstd.decompress(compressed))
-        except Exception as exc:  # cramjam raises its own DecompressionError
-            raise SnapshotUnavailable(f"snapshot {snapshot_id} does not decompress: {exc}") from None
-        self.last_manifest[partition] = record.offset
-        self.last_chunks[partition] = len(offsets)
-        return Stored(partition, snapshot_id, position, raw, len(offsets), record.offset, len(compressed))
+            self.reader.assign(list(tps.values()))
+            ends = await self.reader.end_offsets(list(tps.values()))
+            for p, tp in tps.items():
+                if ends[tp] == 0:
+                    out[p] = None
+            # 1. the last record of each partition: the newest manifest, or a chunk/tombstone
+            #    naming it (``prev``) when a later snapshot was cut short.
+            lasts = await self._read({tps[p]: (ends[tps[p]] - 1, ends[tps[p]] - 1) for p in partitions if p not in out})
+            manifests: dict[int, object] = {}
+            back: dict[int, int] = {}
+            for p in [p for p in partitions if p not in out]:
+                record = lasts[tps[p]].get(ends[tps[p]] - 1)
+                if record is None:
+                    out[p] = SnapshotUnavailable(f"the last record ({ends[tps[p]] - 1}) of {self.topic}[{p}] could not be read")
+                    continue
+                headers = dict(record.headers or ())
+                prev = _header_int(headers, "prev", -1)
+                if headers.get("kind") == MANIFEST:
+                    manifests[p] = record
+                elif prev is None:
+                    out[p] = SnapshotUnavailable(f"bad prev header at offset {record.offset} of {self.topic}[{p}]")
+                elif prev < 0:
+                    out[p] = None  # chunks of a first snapshot that was never finished
+                else:
+                    back[p] = prev
+            # 2. the manifests named by ``prev``
+            found = await self._read({tps[p]: (prev, prev) for p, prev in back.items()})
+            for p, prev in back.items():
+                record = found[tps[p]].get(prev)
+                if record is None or dict(record.headers or ()).get("kind") != MANIFEST:
+                    out[p] = SnapshotUnavailable(f"no manifest at offset {prev} of {self.topic}[{p}]")
+                else:
+                    manifests[p] = record
+            # 3. every snapshot's chunks
+            named: dict[int, tuple[str, int, list[int]]] = {}
+            for p, record in manifests.items():
+                try:
+                    manifest = orjson.loads(record.value)
+                    offsets = [int(o) for o in manifest["chunk_offsets"]]
+                    if any(o < 0 or o >= record.offset for o in offsets):
+                        raise ValueError(f"chunk offsets {offsets} not before the manifest")
+                    named[p] = (manifest["snapshot_id"], int(manifest["position"]), offsets)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    out[p] = SnapshotUnavailable(f"undecodable manifest at offset {record.offset} of {self.topic}[{p}]: {exc}")
+            found = await self._read({tps[p]: (min(offsets), max(offsets)) for p, (_, _, offsets) in named.items() if offsets})
+            for p, (snapshot_id, position, offsets) in named.items():
+                chunks = []
+                for i, offset in enumerate(offsets):
+                    chunk = found[tps[p]].get(offset)
+                    h = dict(chunk.headers or ()) if chunk is not None else {}
+                    if chunk is None or h.get("snapshot") != str(snapshot_id).encode() or _header_int(h, "chunk", -1) != i:
+                        out[p] = SnapshotUnavailable(f"chunk {i} of snapshot {snapshot_id} missing at offset {offset} of {self.topic}[{p}]")
+                        break
+                    chunks.append(chunk.value or b"")
+                else:
+                    compressed = b"".join(chunks)
+                    out[p] = Stored(p, snapshot_id, position, compressed, len(offsets), manifests[p].offset)
+                    self.last_manifest[p] = manifests[p].offset
+                    self.last_chunks[p] = len(offsets)
+        finally:
+            self.reader.unsubscribe()  # nothing left to fetch in the background
+        return {p: out[p] for p in partitions}
 
-    async def _read(self, tp: TopicPartition, first: int, last: int) -> dict[int, object]:
-        """Records ``first..last`` of ``tp`` by offset (compaction may have removed some)."""
-        self.reader.seek(tp, first)
-        out: dict[int, object] = {}
+    async def _read(self, ranges: dict[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, dict[int, object]]:
+        """Records ``first..last`` of each partition, by offset (compaction may have removed
+        some), all partitions in the same fetches. The reader is assigned all of them."""
+        out: dict[TopicPartition, dict[int, object]] = {tp: {} for tp in ranges}
+        if not ranges:
+            return out
+        self.reader.resume(*ranges)
+        for tp, (first, _) in ranges.items():
+            self.reader.seek(tp, first)
+        pending = set(ranges)
+        self.reader.pause(*(self.reader.assignment() - pending))  # fetch only what is asked
         idle = 0
-        while True:
-            batch = await self.reader.getmany(tp, timeout_ms=500, max_records=1000)
-            records = batch.get(tp, [])
-            for record in records:
-                if first <= record.offset <= last:
-                    out[record.offset] = record
-            if (records and records[-1].offset >= last) or last in out:
-                return out
-            idle = 0 if records else idle + 1
+        while pending:
+            batch = await self.reader.getmany(*pending, timeout_ms=500, max_records=1000)
+            for tp, records in batch.items():
+                first, last = ranges[tp]
+                for record in records:
+                    if first <= record.offset <= last:
+                        out[tp][record.offset] = record
+                if (records and records[-1].offset >= last) or last in out[tp]:
+                    pending.discard(tp)
+                    self.reader.pause(tp)
+            idle = 0 if batch else idle + 1
             if idle >= 10:  # 5 s without a record: what is not here will not come
-                return out
+                break
+        return out
+
+
+def _header_int(headers: dict, key: str, default: int) -> int | None:
+    """An integer header; ``default`` when missing, None when it is not an integer."""
+    try:
+        return int(headers.get(key, str(default).encode()))
+    except (TypeError, ValueError):
+        return None
+
+
+def unpack(stored: Stored) -> bytes:
+    """The uncompressed snapshot (CPU-bound: run it in a thread)."""
+    try:
+        return bytes(cramjam.zstd.decompress(stored.compressed))
+    except Exception as exc:  # cramjam raises its own DecompressionError
+        raise SnapshotUnavailable(f"snapshot {stored.snapshot_id} does not decompress: {exc}") from None

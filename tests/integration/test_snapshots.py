@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import urllib.request
 import uuid
 from datetime import datetime, timezone
 
 import httpx
+import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from runledger.messages.codec import decode_reply, encode
 from runledger.messages.commands import CommandEnvelope, ReplyTo, SetFlowRunState
 from runledger.domain.states import State
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
+from runledger.services.transitions.snapshots import SnapshotStore, SnapshotUnavailable, pack, unpack
 from runledger.topics import SNAPSHOTS, topics_for
 from tests.integration.helpers import settings_for
 
@@ -161,6 +166,116 @@ def test_kill_9_restores_the_snapshot_and_replays_only_the_tail(own_stack):
             assert r.status_code == 200 and r.json()["version"] == current["version"] + 1, r.text
             history = api.get(f"/flow_runs/{run_id}").json()["states"]
             assert [s["version"] for s in history] == list(range(1, len(history) + 1))
+
+
+def test_the_store_reads_every_partitions_newest_snapshot_in_one_pass(own_stack):
+    """``SnapshotStore.load`` of five partitions at once, each in another state: a newer snapshot
+    over an older one (several chunks), a chunk left last by a crash (its ``prev`` names the
+    manifest), nothing, only chunks of a first snapshot never finished, and a manifest naming a
+    chunk of another snapshot. Each partition gets its own answer."""
+    settings = settings_for(own_stack)
+    topic = f"snapshots-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=5, replication_factor=1)])
+        finally:
+            await admin.close()
+        producer, reader = kafka.producer(settings), kafka.consumer(settings)
+        await asyncio.gather(producer.start(), reader.start())
+        try:
+            store = SnapshotStore(topic, producer, reader)
+            raws = {p: os.urandom(2_000_000 if p == 0 else 1000 + p) for p in range(5)}  # 2 MB: 3 chunks
+            await store.save(0, 10, pack(b"older"), 5)
+            newest = await store.save(0, 20, pack(raws[0]), len(raws[0]))
+            assert newest["chunks"] == 3
+            saved_1 = await store.save(1, 5, pack(raws[1]), len(raws[1]))
+            await producer.send_and_wait(topic, b"cut short", key=b"1:0", partition=1, headers=[
+                ("kind", b"chunk"), ("snapshot", b"next"), ("chunk", b"0"), ("of", b"2"), ("prev", str(saved_1["manifest_offset"]).encode())])
+            await producer.send_and_wait(topic, b"cut short", key=b"3:0", partition=3, headers=[
+                ("kind", b"chunk"), ("snapshot", b"first"), ("chunk", b"0"), ("of", b"2"), ("prev", b"-1")])
+            await store.save(4, 7, pack(raws[4]), len(raws[4]))
+            await producer.send_and_wait(topic, orjson.dumps({"snapshot_id": "other", "position": 9, "chunk_offsets": [0]}),
+                                         key=b"4", partition=4, headers=[("kind", b"manifest")])
+
+            found = await SnapshotStore(topic, producer, reader).load([0, 1, 2, 3, 4])
+        finally:
+            await asyncio.gather(producer.stop(), reader.stop())
+        assert set(found) == {0, 1, 2, 3, 4}
+        assert (found[0].position, found[0].chunks, unpack(found[0])) == (20, 3, raws[0])
+        assert found[0].manifest_offset == newest["manifest_offset"]
+        assert (found[1].position, found[1].snapshot_id, unpack(found[1])) == (5, saved_1["snapshot_id"], raws[1])
+        assert found[2] is None and found[3] is None
+        assert isinstance(found[4], SnapshotUnavailable) and "chunk 0 of snapshot other" in str(found[4])
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_snapshot_in_one_partition_replays_that_one_while_the_others_restore(own_stack):
+    """The writer reads every partition's snapshot in the same pass and decodes them side by side:
+    a manifest naming a chunk of another snapshot in partition 0 sends only partition 0 to a full
+    replay; partition 1 restores its snapshot; both books decide repeated and new commands as
+    before."""
+    stack = own_stack
+    settings = settings_for(stack)
+    topics = topics_for(settings)
+    partitioner = DefaultPartitioner()
+    with httpx.Client(base_url=stack.api_url + "/api/v1", timeout=60) as api:
+        project = api.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"}).json()
+        flow = api.post("/flows", json={"name": f"f-{uuid.uuid4().hex[:8]}", "project_id": project["id"]}).json()
+        runs: dict[int, list[str]] = {0: [], 1: []}
+        while min(len(r) for r in runs.values()) < 6:  # 6 runs created and submitted: >= EVERY events
+            run_id = api.post("/flow_runs", json={"flow_id": flow["id"]}).json()["id"]
+            runs[partitioner(run_id.encode(), [0, 1], [0, 1])].append(run_id)
+        recorded = {}
+        for p, ids in runs.items():
+            for run_id in ids[:6]:
+                r = api.post(f"/flow_runs/{run_id}/state", json={"state": {"type": "Submitted"}, "version": 1})
+                assert r.status_code == 200, r.text
+            command = _set_state(ids[0], "Running", 1, f"stale-{p}-{uuid.uuid4().hex[:6]}")  # a refusal
+            recorded[p] = (command, asyncio.run(_command(stack, command)))
+            assert not recorded[p][1].ok
+
+        # both partitions have a snapshot that covers all but the last few events
+        ends = asyncio.run(_ends(stack, topics.events.name))
+        _wait_for(lambda: (b := _health(stack)["books"]) and all(
+            b[str(p)]["snapshot_position"] and b[str(p)]["snapshot_position"] > ends[p] - EVERY for p in (0, 1)) and b, timeout=60)
+
+        async def break_partition_0():
+            producer = kafka.producer(settings)
+            await producer.start()
+            try:
+                manifest = {"snapshot_id": "not-there", "partition": 0, "position": 1, "chunk_offsets": [0],
+                            "compressed_bytes": 1, "raw_bytes": 1, "codec": "zstd"}
+                await producer.send_and_wait(topics[SNAPSHOTS].name, orjson.dumps(manifest), key=b"0", partition=0,
+                                             headers=[("kind", b"manifest")])
+            finally:
+                await producer.stop()
+
+        asyncio.run(break_partition_0())
+        log_from = (stack.workdir / "transitions.log").stat().st_size
+        ends = asyncio.run(_ends(stack, topics.events.name))
+        stack.kill("transitions")
+        stack.start_service("transitions")
+        stack.wait_ready("transitions", 60)
+
+        books = _health(stack)["books"]
+        assert books["0"]["restored_position"] is None and books["0"]["replayed"] == ends[0], books
+        assert books["1"]["restored_position"] is not None and books["1"]["replayed"] == ends[1] - books["1"]["restored_position"], books
+        log = (stack.workdir / "transitions.log").read_text()[log_from:]
+        unusable = [json.loads(line) for line in log.splitlines() if '"snapshot unusable' in line]
+        assert [line["partition"] for line in unusable] == [0], unusable
+        assert "chunk 0 of snapshot not-there" in unusable[0]["error"]
+
+        for p, (command, original) in recorded.items():
+            again = asyncio.run(_command(stack, command))
+            assert (again.ok, again.outcome, again.rejection) == (original.ok, original.outcome, original.rejection), p
+        for ids in runs.values():
+            for run_id in ids[:6]:
+                r = api.post(f"/flow_runs/{run_id}/state", json={"state": {"type": "Running"}, "version": 2})
+                assert r.status_code == 200 and r.json()["version"] == 3, r.text
 
 
 def test_an_unreadable_snapshot_falls_back_to_a_full_replay(own_stack):
