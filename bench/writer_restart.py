@@ -5,8 +5,14 @@ Tansu + a private redis-server; only the broker and the topics are used) with N 
 then measures the transitions service's restart with snapshots off and on:
 
 * ``ready s``: process start -> ``/readyz`` 200 (imports, broker, group join, rebuild);
-* ``caught up s``: the rebuild alone, from the service's "caught up" log line (restore + tail);
+* ``caught up s``: the rebuild after the assignment, from the service's "caught up" log line
+  (restore + tail; the writer restores its snapshots while it joins the group, so this counts
+  only the part of the restore the assignment still waited for);
 * ``RSS MiB``: the writer's resident memory right after it is ready.
+
+``--restarts N`` measures the restart with snapshots on N times and prints, for each, the
+per-partition restore times ("snapshot restored" seconds: from the start of the restore to that
+partition's book) and a timeline of the writer's log lines in seconds after the spawn.
 
 The events are made by the pure ``Ledger`` (so they are exactly what the writer would have
 written): a few template runs, each through create (2 task runs) -> Submitted -> Running -> task
