@@ -123,13 +123,15 @@ class TransitionsService(ConsumerService):
             if p not in partitions:
                 del self.books[p]
         tps = [TopicPartition(self.topics.events.name, p) for p in partitions]
+        early, self.early = self.early, None  # only the first assignment takes the early restore
         if not tps:
+            if early is not None:
+                early.cancel()  # none of its books are ours: don't hold them
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
         new = [p for p in partitions if p not in self.books]
-        early, self.early = self.early, None
-        if early is not None:  # the first assignment: the snapshots restored while joining
+        if early is not None:  # the snapshots restored while joining
             try:
                 early_books = await early
             except Exception as exc:  # never expected (_restore logs and falls back itself)
