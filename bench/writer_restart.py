@@ -44,6 +44,7 @@ from pathlib import Path
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from bench.measure import cpu_seconds
 from runledger.domain import snapshots
 from runledger.domain.ledger import Ledger
 from runledger.domain.snapshots import Captured, encode_aggregate
@@ -251,10 +252,12 @@ def _at(line: dict) -> float | None:
 
 def start_writer(stack: Stack, snapshots: bool, timeout: float) -> dict:
     since = log_size(stack)
+    broker_cpu = cpu_seconds(stack, ["broker"])["broker"]
     started, spawned = time.perf_counter(), time.time()
     process = stack.start_service("transitions", RUNLEDGER_SNAPSHOTS=str(snapshots).lower())
     stack.wait_ready("transitions", timeout)
     ready = time.perf_counter() - started
+    cpu = cpu_seconds(stack, ["transitions", "broker"])  # a busy, shared machine changes CPU s far less than s
     rss = rss_mib(process.pid)
     lines = log_lines(stack, since)
     caught = [line for line in lines if line.get("event") == "caught up"]
@@ -273,6 +276,8 @@ def start_writer(stack: Stack, snapshots: bool, timeout: float) -> dict:
         "restore_s": max((line["seconds"] for line in restored), default=0.0),
         "restore_by_partition": {line["partition"]: line["seconds"] for line in restored},
         "timeline": timeline,
+        "cpu": cpu["transitions"],
+        "broker_cpu": cpu["broker"] - broker_cpu,
         "rss": rss,
         "since": since,
     }
@@ -346,7 +351,8 @@ def run_size(total: int, templates, partitions: int, timeout: float, full: bool,
             row["restarts"].append(m)
             restores = " ".join(f"{p}:{s:.2f}" for p, s in sorted(m["restore_by_partition"].items()))
             print(f"  snapshots on, restart: ready {m['ready']:.2f} s, caught up {m['caught_up']:.2f} s, "
-                  f"restore s by partition {restores or '-'}, load {os.getloadavg()[0]:.2f}", flush=True)
+                  f"restore s by partition {restores or '-'}, CPU s to ready: writer {m['cpu']:.2f}, "
+                  f"broker {m['broker_cpu']:.2f}; load {os.getloadavg()[0]:.2f}", flush=True)
             print("    timeline (s after spawn): " + ", ".join(f"{e} {t:.2f}" for e, t in m["timeline"]), flush=True)
         row["on"] = _median_run(row["restarts"])
         return row
@@ -412,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(runs) > 1:
             print(f"{row['events']:,} events, {len(runs)} restarts with snapshots on: ready {_spread([m['ready'] for m in runs])}, "
                   f"caught up {_spread([m['caught_up'] for m in runs])}, "
-                  f"restore per partition {_spread([s for m in runs for s in m['restore_by_partition'].values()])}")
+                  f"restore per partition {_spread([s for m in runs for s in m['restore_by_partition'].values()])}; "
+                  f"CPU to ready: writer {_spread([m['cpu'] for m in runs])}, broker {_spread([m['broker_cpu'] for m in runs])}")
     print(f"\ntotal bench time {time.perf_counter() - started:.0f} s, load average now {os.getloadavg()[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
