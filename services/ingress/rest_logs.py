@@ -30,6 +30,7 @@ from pydantic import StringConstraints
 from runledger.services.runtime import redis as redis_clients
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.domain.states import StateType, is_finished
+from runledger.lru import LRU
 from runledger.messages.logs import LEVELS, MAX_KEY_LENGTH, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, content_key, parse_time, validate_batch
 from runledger.services.ingress.errors import RETRY_AFTER_SECONDS, documented
 from runledger.services.ingress.responses import JSONResponse
@@ -37,6 +38,9 @@ from runledger.services.runtime import kafka as clients
 from runledger.services.runtime.logstore import LogStore, Page, entry_view, parse_id
 from runledger.settings import Settings
 from runledger.topics import LOGS
+
+
+KNOWN_RUNS = 50_000  # run ids the ingress remembers as existing (about 10 MB)
 
 
 class LogsUnavailable(Exception):
@@ -66,6 +70,9 @@ class LogsContext:
         self.topic = None
         self.feeds: dict[str, RunFeed] = {}
         self._lock = asyncio.Lock()
+        # Runs seen to exist. A run is never deleted, so a running flow's next batches skip the
+        # read-model lookup (a Redis round trip per batch).
+        self.known_runs: LRU[str, bool] = LRU(KNOWN_RUNS)
 
     async def producer_ready(self):
         if self.producer is None:
@@ -125,7 +132,11 @@ async def write_logs(app, records: Any, key: str | None = None) -> WriteResult:
     batch = validate_batch(records, ctx.limits, now)  # BatchTooLarge: nothing written
     total = len(records) if isinstance(records, list) else 1
     run_ids = list(dict.fromkeys(line.flow_run_id for line in batch.lines))
-    known = {doc["id"] for doc in await app.state.application.read.flow_runs(run_ids)} if run_ids else set()
+    known = {r for r in run_ids if ctx.known_runs.get(r)}
+    if len(known) < len(run_ids):
+        for doc in await app.state.application.read.flow_runs([r for r in run_ids if r not in known]):
+            ctx.known_runs.put(doc["id"], True)
+            known.add(doc["id"])
     if len(known) < len(run_ids) and not await app.state.application.idempotency.restored():
         # Redis lost its data and the read models are being rebuilt from the log: "no such run"
         # may be untrue. Nothing is written, so the client's retry of the whole batch is exact.

@@ -53,8 +53,8 @@ def test_the_limits_verdict_is_reused_only_when_no_limit_takes_a_variable():
     fixed = 'query($id: String) { flow_run(where: {id: {_eq: $id}}, limit: 3) { id } }'
     documents.check(fixed, {"id": "x"})
     documents.check(RUNS, {"n": 1})
-    assert documents._cache[fixed][2] == []  # cannot change with the variables
-    assert documents._cache[RUNS][2] is None  # checked again on every request
+    assert documents._cache.get(fixed)[2] == []  # cannot change with the variables
+    assert documents._cache.get(RUNS)[2] is None  # checked again on every request
 
 
 def test_json_size_names_the_field_of_a_value_json_cannot_hold():

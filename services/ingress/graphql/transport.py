@@ -10,8 +10,6 @@ validate, or one over the document limits) are answered with 400. Every error ca
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import OrderedDict
 
 import orjson
 from ariadne import graphql
@@ -20,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 
+from runledger.lru import LRU
 from runledger.services.ingress.graphql.limits import DocumentLimits, depends_on_variables, limits_rule
 from runledger.services.ingress.responses import JSONResponse
 
@@ -58,15 +57,11 @@ class CheckedDocuments:
     def __init__(self, schema: GraphQLSchema, limits: DocumentLimits, size: int = 512, max_cached_chars: int = 32_768) -> None:
         self.schema, self.limits, self.size, self.max_cached_chars = schema, limits, size, max_cached_chars
         # text -> (document, validation errors, limits errors when they cannot depend on variables)
-        self._cache: OrderedDict[str, tuple[DocumentNode, list[dict], list[dict] | None]] = OrderedDict()
-        self._lock = threading.Lock()  # long documents are checked on worker threads
+        self._cache: LRU[str, tuple[DocumentNode, list[dict], list[dict] | None]] = LRU(size)
 
     def check(self, query: str, variables: dict | None) -> tuple[DocumentNode | None, list[dict]]:
         """The parsed document, or the errors that refuse it (limits, parse or validation)."""
-        with self._lock:
-            cached = self._cache.get(query)
-            if cached is not None:
-                self._cache.move_to_end(query)
+        cached = self._cache.get(query)
         if cached is None:
             try:
                 document = parse(query, max_tokens=self.limits.max_tokens)
@@ -85,10 +80,7 @@ class CheckedDocuments:
             fixed_limits = None if depends_on_variables(document) else refused
             cached = (document, [e.formatted for e in validate(self.schema, document)], fixed_limits)
             if len(query) <= self.max_cached_chars:
-                with self._lock:
-                    self._cache[query] = cached
-                    while len(self._cache) > self.size:
-                        self._cache.popitem(last=False)
+                self._cache.put(query, cached)
         return (None, cached[1]) if cached[1] else (document, [])
 
     def _over_limits(self, document: DocumentNode, variables: dict | None) -> list[dict]:
