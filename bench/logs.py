@@ -9,7 +9,7 @@ WARNING) it measures, and prints as one table:
    acks=all) and records/s stored (until the log service has stored every acknowledged line);
 2. watch delay: one SSE watcher per run, batches of 10 lines at a steady rate; the delay from a
    batch's acknowledgement (the POST's answer) to the watcher receiving its last line, p50/p99;
-   and the CPU time each process (ingress, log service, broker, Redis) spent per 1,000 records
+   and the CPU time each process (ingress, log service, broker, Redis, this client) spent per 1,000 records
    acknowledged, a figure a shared machine disturbs much less than records/s;
 3. Redis memory per million records: ``used_memory`` growth over the lines stored in (1),
    divided by their number, times 10^6 (extrapolated from the measured count, which is printed);
@@ -86,6 +86,7 @@ CPU_PROCESSES = ("ingress", "logs", "broker", "redis")
 async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: float, conc: int, redis) -> dict:
     stop_at = time.monotonic() + seconds
     cpu_before = cpu_seconds(stack, CPU_PROCESSES)
+    client_before = sum(os.times()[:2])  # this process: the load generator shares the cores
     acked = 0
     errors = 0
     latencies: list[float] = []
@@ -121,7 +122,8 @@ async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: f
     stored = (await stored_lines(redis, runs)) - before
     cpu_after = cpu_seconds(stack, CPU_PROCESSES)
     return {
-        "cpu_ms_per_1000": {name: (cpu_after[name] - cpu_before[name]) * 1e6 / max(acked, 1) for name in CPU_PROCESSES},
+        "cpu_ms_per_1000": {**{name: (cpu_after[name] - cpu_before[name]) * 1e6 / max(acked, 1) for name in CPU_PROCESSES},
+                            "bench client": (sum(os.times()[:2]) - client_before) * 1e6 / max(acked, 1)},
         "batch": batch,
         "acked": acked,
         "errors": errors,
