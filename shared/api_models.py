@@ -10,6 +10,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from runledger.domain.states import State, StateType
 from runledger.messages.models import EdgeSpec, JsonInt, JsonObject, ParameterSpec, TaskSpec, json_integer
 
+MAX_KEY_LENGTH = 500  # of any idempotency key: a flow run's, a flow registration's, a log batch's
+
 Name = Field(min_length=1, max_length=200)
 
 
@@ -72,7 +74,7 @@ class RegisterFlowRequest(_Request):
     tasks: list[TaskSpec] = Field(default_factory=list)
     edges: list[EdgeSpec] = Field(default_factory=list)
     version_group_id: str | None = Field(None, max_length=200)
-    idempotency_key: str | None = Field(None, max_length=500)
+    idempotency_key: str | None = Field(None, max_length=MAX_KEY_LENGTH)
 
     @model_validator(mode="after")
     def _check(self) -> "RegisterFlowRequest":
@@ -118,7 +120,7 @@ class CreateFlowRunRequest(_Request):
     run_config: JsonObject | None = None
     flow_run_name: str | None = Field(None, min_length=1, max_length=200)
     scheduled_start_time: IsoDateTime | None = None
-    idempotency_key: str | None = Field(None, min_length=1, max_length=500)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_KEY_LENGTH)
 
     @field_validator("scheduled_start_time")
     @classmethod

@@ -31,7 +31,8 @@ from runledger.services.runtime import redis as redis_clients
 from runledger.domain.run_requests import FieldError, RequestError
 from runledger.domain.states import StateType, is_finished
 from runledger.lru import LRU
-from runledger.messages.logs import LEVELS, MAX_KEY_LENGTH, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, content_key, parse_time, validate_batch
+from runledger.api_models import MAX_KEY_LENGTH
+from runledger.messages.logs import LEVELS, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, content_key, parse_time, validate_batch
 from runledger.services.ingress.errors import RETRY_AFTER_SECONDS, documented
 from runledger.services.ingress.responses import JSONResponse
 from runledger.services.runtime import kafka as clients

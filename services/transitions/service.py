@@ -27,7 +27,7 @@ from runledger.messages.commands import Rejection, Reply
 from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.kafka import consumer as kafka_consumer
 from runledger.services.runtime.process import run_until_stopped
-from runledger.services.transitions.snapshots import SnapshotStore, SnapshotUnavailable, Stored, pack, unpack
+from runledger.services.transitions.snapshots import SnapshotStore, Stored, pack, unpack
 from runledger.settings import Settings
 from runledger.topics import SNAPSHOTS, TRANSITIONS
 
@@ -215,7 +215,7 @@ class TransitionsService(ConsumerService):
                 async with decoding:
                     decode_started = loop.time()
                     ledger, position, raw_bytes, verdicts = await asyncio.to_thread(self._decode, stored)
-            except (SnapshotUnavailable, snapshots.SnapshotError, Exception) as exc:
+            except Exception as exc:  # unreadable, undecodable or inconsistent: never a crash loop
                 self.log.error(
                     "snapshot unusable; replaying the partition in full", partition=p, error=f"{type(exc).__name__}: {exc}"[:500]
                 )

@@ -19,9 +19,9 @@ a repeat is dropped even if its records differ. A batch sent without a key in wh
 carries its own timestamp is keyed by its content (``content_key``): the Prefect 1.x client sends
 no key but re-sends a batch after a 5xx or a dropped connection, and two batches identical to the
 microsecond are that re-send. Records without a timestamp (an agent's) get the server's time, so a
-batch of them is not keyed: the same message sent twice on purpose must be stored twice. Chunk boundaries depend only on the records' sizes
-and the limits, so a re-sent batch is cut the same way (chunks are 512 KiB: a batch of one run
-smaller than that is one chunk).
+batch of them is not keyed: the same message sent twice on purpose must be stored twice. Chunk
+boundaries depend only on the records' sizes and the limits, so a re-sent batch is cut the same
+way (chunks are 512 KiB: a batch of one run smaller than that is one chunk).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from runledger.api_models import MAX_KEY_LENGTH
+
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LEVEL_CODE = {"DEBUG": "D", "INFO": "I", "WARNING": "W", "ERROR": "E", "CRITICAL": "C"}
 LEVEL_OF_CODE = {v: k for k, v in LEVEL_CODE.items()}
@@ -42,7 +44,6 @@ LEVEL_NUMBER = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL":
 LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
 FIELDS = ("flow_run_id", "task_run_id", "timestamp", "level", "name", "message", "info")
 FIELD_SET = frozenset(FIELDS)
-MAX_KEY_LENGTH = 500  # as for a flow run's idempotency key
 BATCH_KEY_SECONDS = 86_400  # how long the store remembers a batch key per run (refreshed by a repeat)
 BATCH_KEYS_PER_RUN = 10_000  # and how many, the oldest forgotten first
 
