@@ -149,7 +149,7 @@ async def write_logs(app, records: Any, key: str | None = None) -> WriteResult:
         else:
             errors.append(RecordError(line.index, "flow_run_id", f"no flow run with id {line.flow_run_id}", "not_found"))
     errors.sort(key=lambda e: e.index)
-    parts, _ = chunks(accepted, ctx.limits, key or content_key(records), int(now.timestamp() * 1000))
+    parts, _ = chunks(accepted, ctx.limits, key or content_key(records, batch), int(now.timestamp() * 1000))
     if parts:
         producer = await ctx.producer_ready()
         try:

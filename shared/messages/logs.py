@@ -16,9 +16,9 @@ offsets. A batch sent with an ``idempotency_key`` is stored once anyway: each of
 drops a chunk whose ``batch`` it already applied for that run within ``BATCH_KEY_SECONDS`` (a
 repeat refreshes it; at most ``BATCH_KEYS_PER_RUN`` per run are remembered). A key names one batch:
 a repeat is dropped even if its records differ. A batch sent without a key in which every record
-carries its own timestamp is keyed by its content (``content_key``): the Prefect 1.x client sends
-no key but re-sends a batch after a 5xx or a dropped connection, and two batches identical to the
-microsecond are that re-send. Records without a timestamp (an agent's) get the server's time, so a
+carries its own timestamp is keyed by its content (``content_key``: a hash of its lines as stored,
+with their indexes): the Prefect 1.x client sends no key but re-sends a batch after a 5xx or a
+dropped connection, and two batches identical to the microsecond are that re-send. Records without a timestamp (an agent's) get the server's time, so a
 batch of them is not keyed: the same message sent twice on purpose must be stored twice. Chunk
 boundaries depend only on the records' sizes and the limits, so a re-sent batch is cut the same
 way (chunks are 512 KiB: a batch of one run smaller than that is one chunk).
@@ -70,9 +70,9 @@ class RecordError:
         return {"loc": loc, "msg": self.msg, "type": self.type, "index": self.index, "field": self.field}
 
 
-@dataclass
+@dataclass(slots=True)
 class LogLine:
-    """One validated record, as stored and as read back."""
+    """One validated record, as stored and as read back. ``timestamp`` is in UTC."""
 
     flow_run_id: str
     task_run_id: str | None
@@ -81,17 +81,21 @@ class LogLine:
     name: str
     message: str
     info: Any = None
-    index: int = 0  # its position in the batch the client sent (for error reporting only)
+    index: int = 0  # its position in the batch the client sent (error reports, chunk names)
+    encoded: bytes = field(init=False, repr=False)  # as stored, see __post_init__
 
-    def wire(self) -> dict[str, Any]:
-        return {
-            "task_run_id": self.task_run_id,
-            "timestamp": iso(self.timestamp),
-            "level": self.level,
-            "name": self.name,
-            "message": self.message,
-            "info": self.info,
-        }
+    def __post_init__(self) -> None:
+        """The line as stored: JSON without the flow run id (the chunk's). orjson writes a UTC
+        datetime as ``isoformat()`` with ``Z``, microseconds only when there are some."""
+        self.encoded = orjson.dumps(
+            {"task_run_id": self.task_run_id, "timestamp": self.timestamp, "level": self.level,
+             "name": self.name, "message": self.message, "info": self.info},
+            option=orjson.OPT_UTC_Z,
+        )
+
+    def sort_key(self) -> str:
+        """Its place in the store's index: ``timestamp_key`` and the level code (17 characters)."""
+        return timestamp_key(self.timestamp) + LEVEL_CODE[self.level]
 
 
 @dataclass
@@ -117,19 +121,17 @@ def batch_key(value: Any) -> str | None:
     return value
 
 
-def content_key(records: Any) -> str | None:
-    """The implicit key of an unkeyed batch whose every record has a timestamp; None otherwise."""
+def content_key(records: Any, batch: "ValidatedBatch") -> str | None:
+    """The implicit key of an unkeyed batch whose every record has a timestamp (None otherwise):
+    a hash of its valid lines as they are stored, each with its index, and of its size, so that
+    a re-send is recognised whatever the JSON's key order or spelling of a time or a level."""
     items = [records] if isinstance(records, dict) else records
-    if not isinstance(items, list) or not items or not all(isinstance(r, dict) and r.get("timestamp") is not None for r in items):
+    if not isinstance(items, list) or not items or not all(type(r) is dict and r.get("timestamp") is not None for r in items):
         return None
-    try:
-        return "content:" + hashlib.blake2b(orjson.dumps(items, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
-    except (TypeError, orjson.JSONEncodeError):
-        return None  # validation refuses such a record anyway
-
-
-def iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    parts = [b"%d" % len(items)]
+    for line in batch.lines:
+        parts += (b"\n%d\n" % line.index, line.flow_run_id.encode("utf-8", "surrogatepass"), b"\n", line.encoded)
+    return "content:" + hashlib.blake2b(b"".join(parts), digest_size=16).hexdigest()
 
 
 def micros(t: datetime) -> int:
@@ -137,24 +139,44 @@ def micros(t: datetime) -> int:
     return int(t.timestamp() * 1_000_000) if t.tzinfo else int(t.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
 
 
+MAX_US = 10**16 - 1
+
+
+def timestamp_key(t: datetime) -> str:
+    """``micros`` as 16 digits, clamped to the years 1970-2286: index members sort by it as text."""
+    return f"{min(max(micros(t), 0), MAX_US):016d}"
+
+
 def parse_time(value: Any) -> datetime:
-    """ISO 8601 (``Z`` or an offset; no zone = UTC) or epoch seconds."""
-    if isinstance(value, bool):
+    """ISO 8601 (``Z`` or an offset; no zone = UTC) or epoch seconds, as a UTC datetime."""
+    if type(value) is str:
+        try:
+            t = datetime.fromisoformat(value)
+        except ValueError:
+            t = _parse_loose(value)
+    elif isinstance(value, bool):
         raise ValueError("expected an ISO 8601 timestamp")
-    if isinstance(value, (int, float)):
+    elif isinstance(value, (int, float)):
         return datetime.fromtimestamp(value, timezone.utc)
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not isinstance(value, str) or not value:
+    elif isinstance(value, datetime):
+        t = value
+    else:
         raise ValueError("expected an ISO 8601 timestamp")
+    if t.tzinfo is None:
+        return t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo is timezone.utc else t.astimezone(timezone.utc)
+
+
+def _parse_loose(value: str) -> datetime:
     text = value.strip()
-    if text.endswith("Z") or text.endswith("z"):
+    if not text:
+        raise ValueError("expected an ISO 8601 timestamp")
+    if text.endswith("z"):
         text = text[:-1] + "+00:00"
     try:
-        t = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def _text(record: dict, name: str, i: int, errors: list[RecordError], limit: int, required: bool) -> str | None:
@@ -163,14 +185,28 @@ def _text(record: dict, name: str, i: int, errors: list[RecordError], limit: int
         if required:
             errors.append(RecordError(i, name, "field required", "missing"))
         return None
-    if not isinstance(value, str):
+    if type(value) is not str:
         errors.append(RecordError(i, name, f"expected a string, got {type(value).__name__}", "string_type"))
         return None
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        errors.append(RecordError(i, name, f"{name} of {size} bytes is over the limit of {limit} bytes", "too_large"))
-        return None
+    if len(value) * 4 > limit:  # else it fits whatever it holds: UTF-8 takes at most 4 bytes a character
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            errors.append(RecordError(i, name, f"{name} of {size} bytes is over the limit of {limit} bytes", "too_large"))
+            return None
     return value
+
+
+def _level(value: Any) -> str | None:
+    """One of ``LEVELS`` for a level name (any case, Python's aliases) or number; None if not one."""
+    if value is None:
+        return "INFO"
+    if type(value) is str and value in LEVEL_CODE:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}.get(value, value)
+    if isinstance(value, str):
+        value = LEVEL_ALIASES.get(value.upper(), value.upper())
+    return value if isinstance(value, str) and value in LEVEL_CODE else None
 
 
 def validate_batch(records: Any, limits: LogLimits, now: datetime) -> ValidatedBatch:
@@ -189,23 +225,17 @@ def validate_batch(records: Any, limits: LogLimits, now: datetime) -> ValidatedB
         if not isinstance(record, dict):
             out.errors.append(RecordError(i, "", f"expected an object, got {type(record).__name__}", "dict_type"))
             continue
-        unknown = sorted(record.keys() - FIELD_SET) if len(record) > 7 or not record.keys() <= FIELD_SET else ()
-        for name in unknown:
-            errors.append(RecordError(i, name, "unknown field", "extra_forbidden"))
+        if not record.keys() <= FIELD_SET:
+            for name in sorted(record.keys() - FIELD_SET):
+                errors.append(RecordError(i, name, "unknown field", "extra_forbidden"))
         run_id = _text(record, "flow_run_id", i, errors, 200, required=True)
         if run_id is not None and not run_id.strip():
             errors.append(RecordError(i, "flow_run_id", "must not be empty"))
         task_run_id = _text(record, "task_run_id", i, errors, 200, required=False)
         name = _text(record, "name", i, errors, limits.max_name_bytes, required=False)
         message = _text(record, "message", i, errors, limits.max_message_bytes, required=True)
-        level = record.get("level")
+        level = _level(record.get("level"))
         if level is None:
-            level = "INFO"
-        elif isinstance(level, int) and not isinstance(level, bool):
-            level = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}.get(level, level)
-        if isinstance(level, str):
-            level = LEVEL_ALIASES.get(level.upper(), level.upper())
-        if not isinstance(level, str) or level not in LEVEL_CODE:
             errors.append(RecordError(i, "level", f"{record.get('level')!r} is not one of {', '.join(LEVELS)}", "enum"))
         timestamp = now
         if record.get("timestamp") is not None:
@@ -269,32 +299,33 @@ def chunks(lines: list[LogLine], limits: LogLimits, key: str | None = None, sent
     """Group ``lines`` by flow run (keeping their order) into encoded ``LogChunk`` values of at
     most ``limits.chunk_bytes`` of lines each: ``[(flow_run_id, value), ...]``; also return the
     batch's size in bytes. Raises ``BatchTooLarge`` when it is over ``limits.max_batch_bytes``.
-    With an idempotency ``key``, each chunk is named ``<key>#<index of its first record>``."""
-    by_run: dict[str, list[tuple[int, bytes]]] = {}
+    With an idempotency ``key``, each chunk is named ``<key>#<index of its first record>``. Each
+    chunk carries its lines' ``sort_key``s, so the log service need not parse their timestamps."""
+    by_run: dict[str, list[tuple[int, bytes, str]]] = {}
     total = 0
     for line in lines:
-        encoded = orjson.dumps(line.wire())
-        total += len(encoded)
-        by_run.setdefault(line.flow_run_id, []).append((line.index, encoded))
+        total += len(line.encoded)
+        by_run.setdefault(line.flow_run_id, []).append((line.index, line.encoded, line.sort_key()))
     if total > limits.max_batch_bytes:
         raise BatchTooLarge(f"logs: the batch is {total} bytes, over the limit of {limits.max_batch_bytes} bytes")
     out: list[tuple[str, bytes]] = []
     for run_id, items in by_run.items():
         head = b'{"flow_run_id":' + orjson.dumps(run_id)
 
-        def chunk(first: int, encoded: list[bytes]) -> tuple[str, bytes]:
-            named = b"" if key is None else b',"batch":' + orjson.dumps(f"{key}#{first}") + b',"sent_ms":' + str(sent_ms).encode()
-            return run_id, head + named + b',"lines":[' + b",".join(encoded) + b"]}"
+        def chunk(part: list[tuple[int, bytes, str]]) -> tuple[str, bytes]:
+            named = b"" if key is None else b',"batch":' + orjson.dumps(f"{key}#{part[0][0]}") + b',"sent_ms":' + str(sent_ms).encode()
+            keys = "".join(k for _, _, k in part).encode()
+            return run_id, head + named + b',"keys":"' + keys + b'","lines":[' + b",".join(e for _, e, _ in part) + b"]}"
 
-        current: list[bytes] = []
-        first, size = items[0][0], 0
-        for index, encoded in items:
-            if current and size + len(encoded) > limits.chunk_bytes:
-                out.append(chunk(first, current))
-                current, first, size = [], index, 0
-            current.append(encoded)
-            size += len(encoded)
-        out.append(chunk(first, current))
+        current: list[tuple[int, bytes, str]] = []
+        size = 0
+        for item in items:
+            if current and size + len(item[1]) > limits.chunk_bytes:
+                out.append(chunk(current))
+                current, size = [], 0
+            current.append(item)
+            size += len(item[1])
+        out.append(chunk(current))
     return out, total
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, batch_key, chunks, content_key, parse_time, validate_batch
+from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, batch_key, chunks, content_key, parse_time, timestamp_key, validate_batch
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -73,7 +73,7 @@ def test_chunks_are_per_run_in_order_and_bounded():
     records = [{"flow_run_id": "a" if i % 3 else "b", "message": f"m{i}" + "x" * 50} for i in range(30)]
     lines = validate_batch(records, LogLimits(), NOW).lines
     parts, total = chunks(lines, LogLimits(chunk_bytes=500))
-    assert total == sum(len(orjson.dumps(l.wire())) for l in lines)
+    assert total == sum(len(l.encoded) for l in lines)
     decoded = [(run, LogChunk.decode(value)) for run, value in parts]
     assert all(run == chunk.flow_run_id for run, chunk in decoded)
     for run in ("a", "b"):
@@ -108,10 +108,33 @@ def test_batch_key_is_an_optional_string_of_1_to_500_characters():
 def test_content_key_only_when_every_record_has_a_timestamp():
     a = {"flow_run_id": "r", "message": "m", "timestamp": "2024-05-01T10:00:00.5Z"}
     b = {"flow_run_id": "r", "message": "n", "timestamp": 1714557600.25}
-    assert content_key([a, b]) == content_key([dict(reversed(a.items())), b])  # key order does not matter
-    assert content_key([a, b]) != content_key([b, a]) and content_key(a) == content_key([a])
-    assert content_key([a, {"flow_run_id": "r", "message": "n"}]) is None and content_key([]) is None
-    assert content_key("nonsense") is None
+
+    def key(records):
+        return content_key(records, validate_batch(records, LogLimits(), NOW))
+
+    assert key([a, b]) == key([dict(reversed(a.items())), b])  # key order does not matter
+    assert key([a, b]) == key([{**a, "timestamp": "2024-05-01T12:00:00.500+02:00"}, b])  # nor how the instant is written
+    assert key([a, b]) != key([b, a]) and key(a) == key([a])
+    assert key([a, {**b, "level": "LOUD"}]) != key([a])  # a refused record still makes it another batch
+    assert key([a, {"flow_run_id": "r", "message": "n"}]) is None and key([]) is None
+    assert content_key("nonsense", validate_batch([], LogLimits(), NOW)) is None
+
+
+def test_a_line_is_stored_as_utc_iso_with_its_sort_key():
+    (line,) = validate_batch([{"flow_run_id": "r", "message": "m", "level": "warn", "timestamp": "2024-05-01T12:00:00.25+02:00"}], LogLimits(), NOW).lines
+    assert orjson.loads(line.encoded) == {"task_run_id": None, "timestamp": "2024-05-01T10:00:00.250000Z", "level": "WARNING",
+                                            "name": "", "message": "m", "info": None}
+    (whole,) = validate_batch([{"flow_run_id": "r", "message": "m", "timestamp": "2024-05-01T10:00:00Z"}], LogLimits(), NOW).lines
+    assert orjson.loads(whole.encoded)["timestamp"] == "2024-05-01T10:00:00Z"
+    assert line.sort_key() == f"{1714557600250000:016d}W"
+    assert timestamp_key(datetime(1960, 1, 1, tzinfo=timezone.utc)) == "0" * 16  # clamped
+
+
+def test_chunks_carry_their_lines_sort_keys():
+    records = [{"flow_run_id": "r", "message": f"m{i}", "level": "ERROR", "timestamp": 1714557600 + i} for i in range(3)]
+    lines = validate_batch(records, LogLimits(), NOW).lines
+    (run, value), = chunks(lines, LogLimits())[0]
+    assert orjson.loads(value)["keys"] == "".join(f"{(1714557600 + i) * 10**6:016d}E" for i in range(3))
 
 
 def test_end_marker_round_trips_and_garbage_is_refused():
