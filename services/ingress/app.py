@@ -277,5 +277,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     import uvicorn
 
+    from runledger.services.runtime.process import tune_gc
+
     settings = Settings()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False)
+    app = create_app(settings)
+    tune_gc()
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False)
