@@ -62,7 +62,11 @@ def _node(value: Any) -> graphql.ValueNode:
     )
 
 
-SCALARS = {"JSON": plausible_json.map(_node)}
+log_records = st.fixed_dictionaries(
+    {"flow_run_id": st.text(max_size=10), "message": st.text(max_size=20)},
+    optional={"level": st.sampled_from(["INFO", "ERROR", "warn", "LOUD"]), "timestamp": st.text(max_size=10) | st.floats(0, 2e9), "info": json_values},
+) | json_values
+SCALARS = {"JSON": plausible_json.map(_node), "log_record": log_records.map(_node)}
 
 
 def documents(mode: Mode):

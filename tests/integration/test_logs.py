@@ -215,11 +215,14 @@ def test_graphql_refusals_name_the_index_and_field(logs_stack, lapi):
         {"flow_run_id": rid, "message": "kept"},
         {"flow_run_id": str(uuid.uuid4()), "message": "unknown run"},
         {"flow_run_id": rid, "message": "bad", "level": "NOISY"},
+        {"flow_run_id": rid, "message": 5},  # a wrong type is the record's error too, not the whole request's
+        "not a record",
+        {"flow_run_id": rid, "message": "also kept", "colour": "red"},
     ]}})
     (err,) = result["errors"]
     assert err["extensions"]["code"] == "BAD_USER_INPUT" and err["extensions"]["accepted"] == 1
     assert "logs[1].flow_run_id: no flow run" in err["message"] and "logs[2].level" in err["message"]
-    assert {(e["index"], e["field"]) for e in err["extensions"]["errors"]} == {(1, "flow_run_id"), (2, "level")}
+    assert {(e["index"], e["field"]) for e in err["extensions"]["errors"]} == {(1, "flow_run_id"), (2, "level"), (3, "message"), (4, ""), (5, "colour")}
     assert [l["message"] for l in wait_lines(lapi, rid, 1)] == ["kept"]
 
 

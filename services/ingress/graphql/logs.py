@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ariadne import MutationType, ObjectType
+from ariadne import MutationType, ObjectType, ScalarType
+from graphql.utilities import value_from_ast_untyped
 
 from runledger.messages.logs import LEVELS, BatchTooLarge, batch_key, parse_time
 from runledger.services.ingress.graphql.coercion import json_object
@@ -24,6 +25,13 @@ from runledger.services.ingress.graphql.views import page
 from runledger.services.ingress.rest_logs import LogsUnavailable, logs_of, write_logs
 
 mutation, flow_run_type, task_run_type = MutationType(), ObjectType("flow_run"), ObjectType("task_run")
+log_record = ScalarType("log_record")  # checked by ``write_logs`` (index and field), not by GraphQL
+
+
+@log_record.literal_parser
+def _parse_log_record_literal(ast, variables=None):
+    return value_from_ast_untyped(ast, variables)
+
 
 MAX_READ = 10_000  # lines one nested read returns at most
 
@@ -152,4 +160,4 @@ async def resolve_task_run_logs(task_run, info, where=None, order_by=None, limit
     return await _read(info, task_run["flow_run_id"], task_run["id"], where, order_by, limit, offset)
 
 
-bindables = [mutation, flow_run_type, task_run_type]
+bindables = [mutation, flow_run_type, task_run_type, log_record]
