@@ -164,7 +164,7 @@ class LogLines(_StoreConsumer):
             self.store.queue_end(pipe, chunk.flow_run_id, record.offset, chunk.end)
         elif chunk.lines:
             self.store.queue_lines(pipe, chunk.flow_run_id, record.offset, chunk.lines, self.settings.logs_max_lines_per_run,
-                                   chunk.batch, chunk.sent_ms)
+                                   chunk.batch, chunk.sent_ms, chunk.keys)
 
     def count(self, chunk: LogChunk) -> int:
         return len(chunk.lines)

@@ -36,7 +36,9 @@ from runledger.messages.logs import BATCH_KEY_SECONDS, BATCH_KEYS_PER_RUN, LEVEL
 MAX_US = 10**16 - 1
 
 # KEYS: tl, ix, meta, bk. ARGV: offset, cap, n, batch ('' = none), sent ms, keep ms, keep count,
-# then n triples (ts16, level code, json). Returns the lines added; -1 for a repeated batch.
+# the n lines' JSON joined by newlines, their sort keys (n × 17 characters: ts16 .. level code).
+# Returns the lines added; -1 for a repeated batch. Two blobs rather than arguments per line: the
+# log service and Redis pay per argument (packing, parsing); one ZADD of all the members likewise.
 _WRITE_LINES = """
 local off = tonumber(ARGV[1])
 local lo = tonumber(redis.call('HGET', KEYS[3], 'lo') or '-1')
@@ -56,13 +58,22 @@ if ARGV[4] ~= '' then
   end
 end
 local n = tonumber(ARGV[3])
-for i = 0, n - 1 do
-  local base = 8 + i * 3
-  local id = redis.call('XADD', KEYS[1], '*', 'k', 'l', 'd', ARGV[base + 2])
+local lines, keys = ARGV[8], ARGV[9]
+local members = {}
+local start = 1
+for i = 1, n do
+  local stop = string.find(lines, '\\n', start, true)
+  local id = redis.call('XADD', KEYS[1], '*', 'k', 'l', 'd', string.sub(lines, start, stop and stop - 1 or -1))
+  if stop then start = stop + 1 end
   local dash = string.find(id, '-', 1, true)
   local ms = string.sub(id, 1, dash - 1)
   local sq = string.sub(id, dash + 1)
-  redis.call('ZADD', KEYS[2], 0, ARGV[base] .. string.rep('0', 13 - #ms) .. ms .. '-' .. string.rep('0', 6 - #sq) .. sq .. ARGV[base + 1])
+  local k = i * 17
+  members[2 * i - 1] = 0
+  members[2 * i] = string.sub(keys, k - 16, k - 1) .. string.rep('0', 13 - #ms) .. ms .. '-' .. string.rep('0', 6 - #sq) .. sq .. string.sub(keys, k, k)
+end
+for i = 1, 2 * n, 2000 do  -- unpack's limit is ~8,000 values
+  redis.call('ZADD', KEYS[2], unpack(members, i, math.min(i + 1999, 2 * n)))
 end
 redis.call('HSET', KEYS[3], 'lo', ARGV[1])
 local cap = tonumber(ARGV[2])
@@ -172,6 +183,21 @@ def ts_key(t: datetime) -> str:
     return f"{min(max(micros(t), 0), MAX_US):016d}"
 
 
+def line_keys(lines: list[dict]) -> str:
+    """The lines' sort keys as ``LogChunk.keys`` carries them (``ts_key`` of the timestamp, zeros
+    when it is missing or not ISO 8601, and the level code, INFO's when unknown), for records
+    that came without them."""
+    out = []
+    for line in lines:
+        try:
+            ts = ts_key(datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")))
+        except (KeyError, AttributeError, ValueError, TypeError):
+            ts = "0" * 16
+        level = line.get("level")
+        out.append(ts + (LEVEL_CODE.get(level, "I") if isinstance(level, str) else "I"))
+    return "".join(out)
+
+
 def _bound(t: datetime | None, inclusive: bool, upper: bool) -> str:
     if t is None:
         return "+" if upper else "-"
@@ -234,18 +260,16 @@ class LogStore:
 
     # -- writes (the log service) -------------------------------------------------------------
     def queue_lines(self, pipe, run_id: str, offset: int, lines: list[dict], cap: int,
-                    batch: str | None = None, sent_ms: int | None = None) -> None:
+                    batch: str | None = None, sent_ms: int | None = None, keys: str | None = None) -> None:
         """Queue the lines of one logs record on ``pipe``: applied at most once per run and offset,
-        and, for a chunk of a keyed batch (``batch``), at most once per run and batch."""
-        args: list = [offset, cap, len(lines), batch or "", sent_ms or 0, BATCH_KEY_SECONDS * 1000, BATCH_KEYS_PER_RUN]
-        for line in lines:
-            try:
-                ts = ts_key(datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")))
-            except (KeyError, AttributeError, ValueError, TypeError):
-                ts = "0" * 16
-            args += [ts, LEVEL_CODE.get(line.get("level"), "I"), orjson.dumps(line)]
-        keys = [self.timeline_key(run_id), self.index_key(run_id), self.meta_key(run_id), self.batches_key(run_id)]
-        pipe.evalsha(self._lines.sha, 4, *keys, *args)
+        and, for a chunk of a keyed batch (``batch``), at most once per run and batch. ``keys``: the
+        lines' sort keys as ``LogChunk.keys`` has them; computed from the lines when None."""
+        # compact JSON never holds a raw newline (JSON escapes it in strings): a safe separator
+        blob = b"\n".join(map(orjson.dumps, lines))
+        args = [offset, cap, len(lines), batch or "", sent_ms or 0, BATCH_KEY_SECONDS * 1000, BATCH_KEYS_PER_RUN,
+                blob, keys if keys is not None else line_keys(lines)]
+        redis_keys = [self.timeline_key(run_id), self.index_key(run_id), self.meta_key(run_id), self.batches_key(run_id)]
+        pipe.evalsha(self._lines.sha, 4, *redis_keys, *args)
 
     def queue_end(self, pipe, run_id: str, offset: int, version: int) -> None:
         pipe.evalsha(self._end.sha, 2, self.timeline_key(run_id), self.meta_key(run_id), offset, version)

@@ -27,6 +27,7 @@ way (chunks are 512 KiB: a batch of one run smaller than that is one chunk).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -259,21 +260,30 @@ def validate_batch(records: Any, limits: LogLimits, now: datetime) -> ValidatedB
     return out
 
 
+LINE_KEY_LENGTH = 17  # a line's sort key in ``LogChunk.keys``: 16-digit µs timestamp + level code
+_LINE_KEYS = re.compile(r"(?:[0-9]{16}[DIWEC])*")
+
+
 class LogChunk(BaseModel):
     """The value of one record on the ``logs`` topic: lines of one flow run (the record key), or
     the end marker the log service writes after a run finished (``end`` = the finishing state's
     version), which tells watchers that every line acknowledged before it has been stored.
-    ``batch`` and ``sent_ms``: the chunk's identity within a keyed batch, and when it was sent."""
+    ``batch`` and ``sent_ms``: the chunk's identity within a keyed batch, and when it was sent.
+    ``keys``: for each line, in order, its 16-digit µs timestamp (the store's ``ts_key``) and
+    level code, 17 characters per line, so the log service need not parse every line's timestamp.
+    Records written before it existed have none (the log service computes them from the lines),
+    and ``decode`` drops a malformed one the same way: the lines are what matters."""
 
     flow_run_id: str
     lines: list[dict[str, Any]] = []
     end: int | None = None
     batch: str | None = None
     sent_ms: int | None = None
+    keys: str | None = None
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"flow_run_id": self.flow_run_id, "lines": self.lines}
-        for name in ("end", "batch", "sent_ms"):
+        for name in ("end", "batch", "sent_ms", "keys"):
             if getattr(self, name) is not None:
                 body[name] = getattr(self, name)
         return orjson.dumps(body)
@@ -286,13 +296,17 @@ class LogChunk(BaseModel):
         end = body.get("end")
         if end is not None and (not isinstance(end, int) or isinstance(end, bool)):
             raise ValueError("end must be an integer")
-        if not all(isinstance(line, dict) for line in body.get("lines", [])):
+        lines = body.get("lines", [])
+        if not all(isinstance(line, dict) for line in lines):
             raise ValueError("every line must be an object")
         batch, sent_ms = body.get("batch"), body.get("sent_ms")
         if batch is not None and (not isinstance(batch, str) or not isinstance(sent_ms, int) or isinstance(sent_ms, bool)):
             raise ValueError("batch must be a string, with sent_ms an integer")
-        return LogChunk.model_construct(flow_run_id=body["flow_run_id"], lines=body.get("lines", []), end=end,
-                                        batch=batch, sent_ms=sent_ms if batch is not None else None)
+        keys = body.get("keys")
+        if keys is not None and not (isinstance(keys, str) and len(keys) == LINE_KEY_LENGTH * len(lines) and _LINE_KEYS.fullmatch(keys)):
+            keys = None
+        return LogChunk.model_construct(flow_run_id=body["flow_run_id"], lines=lines, end=end,
+                                        batch=batch, sent_ms=sent_ms if batch is not None else None, keys=keys)
 
 
 def chunks(lines: list[LogLine], limits: LogLimits, key: str | None = None, sent_ms: int = 0) -> tuple[list[tuple[str, bytes]], int]:
