@@ -15,8 +15,9 @@ WARNING) it measures, and prints as one table:
    divided by their number, times 10^6 (extrapolated from the measured count, which is printed);
 4. the consumer alone (no HTTP): the log service is stopped, ``--consumer-lines`` lines are
    produced straight to the ``logs`` topic as the ingress writes them (one record per run and
-   batch: 100 or 1,000 lines each), the service is started again, and the rate is timed from the
-   first stored line to the last.
+   batch: 100 or 1,000 lines each, with the lines' sort keys; ``--no-keys``: without, as records
+   written before ``LogChunk.keys`` existed), the service is started again, and the rate is timed
+   from the first stored line to the last, with the log service's and Redis's CPU per 1,000 lines.
 
 ``--engine aiokafka|faust`` picks the log-line consumer (``RUNLEDGER_LOGS_ENGINE``); ``--json FILE``
 writes the figures; ``bench/logs_compare.py`` runs both engines repeatedly and prints medians.
@@ -46,6 +47,7 @@ from bench.measure import cpu_seconds, pct
 from runledger.messages.logs import LogChunk
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
+from runledger.services.runtime.logstore import line_keys
 from runledger.settings import Settings
 from runledger.topics import LOGS, topics_for
 
@@ -70,6 +72,13 @@ def batch_body(run_id: str, task_run_id: str, first: int, count: int) -> bytes:
     return b'{"logs":[' + b",".join(head + b"#%d" % (first + i) + tail for i in range(count)) + b"]}"
 
 
+def direct_record(run_id: str, lines: list[dict], with_keys: bool) -> bytes:
+    """A ``logs`` topic record of ``lines`` as the ingress writes it (with the lines' sort keys,
+    ``LogChunk.keys``) or, ``with_keys`` False, as records written before those existed."""
+    keys = line_keys(lines) if with_keys else None
+    return LogChunk.model_construct(flow_run_id=run_id, lines=lines, end=None, keys=keys).encode()
+
+
 async def setup_runs(http: aiohttp.ClientSession, api: str, count: int) -> list[str]:
     async with http.post(f"{api}/projects", json={"name": f"bench-{uuid.uuid4().hex[:6]}"}) as r:
         project = await r.json()
@@ -90,6 +99,7 @@ async def stored_lines(redis: aioredis.Redis, runs: list[str]) -> int:
 
 
 CPU_PROCESSES = ("ingress", "logs", "broker", "redis")
+CONSUMER_CPU = ("logs", "redis")
 
 
 async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: float, conc: int, redis) -> dict:
@@ -218,8 +228,7 @@ async def consumer_only(stack: Stack, args, batch: int, redis) -> dict:
             lines = [record(run, task_run, n * batch + i) for i in range(batch)]
             for line in lines:
                 del line["flow_run_id"]
-            value = LogChunk.model_construct(flow_run_id=run, lines=lines, end=None).encode()
-            futures.append(await producer.send(topic, value, key=run.encode()))
+            futures.append(await producer.send(topic, direct_record(run, lines, not args.no_keys), key=run.encode()))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -227,19 +236,23 @@ async def consumer_only(stack: Stack, args, batch: int, redis) -> dict:
     stack.start_service("logs")
     spawned = time.monotonic()
     first = None
+    at_first = n = 0
+    cpu_first = cpu_seconds(stack, CONSUMER_CPU)
     deadline = spawned + 600
     while time.monotonic() < deadline:
         n = await stored_lines(redis, runs)
         now = time.monotonic()
-        if n and first is None:
-            first = now
+        if n and first is None:  # CPU from here on: not the service's start
+            first, at_first, cpu_first = now, n, cpu_seconds(stack, CONSUMER_CPU)
         if n >= total:
             break
         await asyncio.sleep(0.02)
     done = time.monotonic()
+    cpu_done = cpu_seconds(stack, CONSUMER_CPU)
     stack.wait_ready("logs")
     return {"batch": batch, "lines": total, "stored": n, "rate": n / (done - first) if first and done > first else float("nan"),
-            "seconds": done - (first or done), "start_s": (first or done) - spawned}
+            "seconds": done - (first or done), "start_s": (first or done) - spawned,
+            "cpu_ms_per_1000": {name: (cpu_done[name] - cpu_first[name]) * 1e6 / max(n - at_first, 1) for name in CONSUMER_CPU}}
 
 
 async def main_async(args, stack: Stack) -> None:
@@ -284,7 +297,10 @@ async def main_async(args, stack: Stack) -> None:
         print(f"| ingestion, batches of {r['batch']:,}: CPU ms per 1,000 records | {cpu} | |")
     print(f"| watch delay, ack → watcher (p50 / p99 / max) | {delay['p50_ms']:.1f} / {delay['p99_ms']:.1f} / {delay['max_ms']:.1f} ms ({delay['received']} of {delay['batches']} batches) | p99 ≤ 100 ms |")
     for r in alone:
-        print(f"| consumer alone, records of {r['batch']:,} lines: stored | {r['rate']:,.0f} records/s ({r['stored']:,} of {r['lines']:,} in {r['seconds']:.1f} s; first line {r['start_s']:.1f} s after the start) | |")
+        keys = "without" if args.no_keys else "with"
+        print(f"| consumer alone, records of {r['batch']:,} lines {keys} sort keys: stored | {r['rate']:,.0f} records/s ({r['stored']:,} of {r['lines']:,} in {r['seconds']:.1f} s; first line {r['start_s']:.1f} s after the start) | |")
+        cpu = ", ".join(f"{name} {ms:.1f}" for name, ms in r["cpu_ms_per_1000"].items())
+        print(f"| consumer alone, records of {r['batch']:,} lines {keys} sort keys: CPU ms per 1,000 records | {cpu} | |")
     print(f"| Redis memory per million records | {per_million / 2**20:,.0f} MiB ({(mem1 - mem0) / 2**20:,.1f} MiB for {stored:,} records, extrapolated; {(mem1 - mem0) / max(stored, 1):.0f} B/record) | |")
 
 
@@ -300,6 +316,8 @@ def main() -> None:
                         help="the log service's consumer of the logs topic (RUNLEDGER_LOGS_ENGINE)")
     parser.add_argument("--consumer-lines", type=int, default=500_000,
                         help="lines produced straight to the logs topic per record size for the consumer-alone scenario (0: skip it)")
+    parser.add_argument("--no-keys", action="store_true",
+                        help="the consumer-alone records carry no sort keys (LogChunk.keys), as records written before them")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     stack = Stack(own_redis=True, partitions=args.partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "WARNING",

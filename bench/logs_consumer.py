@@ -3,7 +3,8 @@
 
 One stack (embedded Tansu broker, private redis-server, the log service only; no HTTP). Each
 trial: stop the log service, produce ``--lines`` lines straight to the ``logs`` topic as the
-ingress writes them (one record per run and batch, 100 or 1,000 lines each, over ``--runs`` runs),
+ingress writes them (one record per run and batch, 100 or 1,000 lines each, over ``--runs`` runs,
+with the lines' sort keys unless ``--no-keys``),
 start the log service with the trial's engine, and time it from the first stored line to the
 last: lines/s. The engines alternate trial by trial (aiokafka, faust, aiokafka, ...) so a change
 of the machine's load hits both alike; the median per engine and record size is printed with
@@ -23,15 +24,14 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from bench.logs import record, stored_lines
-from runledger.messages.logs import LogChunk
+from bench.logs import direct_record, record, stored_lines
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
 from runledger.settings import Settings
 from runledger.topics import LOGS, topics_for
 
 
-async def trial(stack: Stack, engine: str, batch: int, lines: int, runs_n: int, partitions: int, redis) -> dict:
+async def trial(stack: Stack, engine: str, batch: int, lines: int, runs_n: int, partitions: int, with_keys: bool, redis) -> dict:
     runs = [str(uuid.uuid4()) for _ in range(runs_n)]
     if "logs" in stack.processes:
         stack.kill("logs", signal.SIGTERM)
@@ -47,7 +47,7 @@ async def trial(stack: Stack, engine: str, batch: int, lines: int, runs_n: int, 
             body = [record(run, task_run, n * batch + i) for i in range(batch)]
             for line in body:
                 del line["flow_run_id"]
-            futures.append(await producer.send(topic, LogChunk.model_construct(flow_run_id=run, lines=body, end=None).encode(), key=run.encode()))
+            futures.append(await producer.send(topic, direct_record(run, body, with_keys), key=run.encode()))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -79,7 +79,7 @@ async def main_async(args, stack: Stack) -> list[dict]:
         for t in range(args.trials):
             for batch in (100, 1000):
                 for engine in (engines if t % 2 == 0 else engines[::-1]):
-                    r = await trial(stack, engine, batch, args.lines, args.runs, args.partitions, redis)
+                    r = await trial(stack, engine, batch, args.lines, args.runs, args.partitions, not args.no_keys, redis)
                     print(f"  trial {t + 1} {engine:8} records of {batch:>5,} lines: {r['rate']:>9,.0f} lines/s "
                           f"({r['stored']:,}/{r['lines']:,} in {r['seconds']:.1f} s; load {r['load'][0]:.1f}→{r['load'][1]:.1f})", flush=True)
                     out.append(r)
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--engines", default="aiokafka,faust")
+    parser.add_argument("--no-keys", action="store_true", help="records without the lines' sort keys (LogChunk.keys)")
     parser.add_argument("--json")
     args = parser.parse_args()
     stack = Stack(own_redis=True, partitions=args.partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "WARNING"})

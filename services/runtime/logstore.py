@@ -31,9 +31,7 @@ from datetime import datetime
 import orjson
 
 from runledger.services.runtime import redis as redis_clients
-from runledger.messages.logs import BATCH_KEY_SECONDS, BATCH_KEYS_PER_RUN, LEVEL_CODE, micros
-
-MAX_US = 10**16 - 1
+from runledger.messages.logs import BATCH_KEY_SECONDS, BATCH_KEYS_PER_RUN, LEVEL_CODE, MAX_US, micros, timestamp_key
 
 # KEYS: tl, ix, meta, bk. ARGV: offset, cap, n, batch ('' = none), sent ms, keep ms, keep count,
 # the n lines' JSON joined by newlines, their sort keys (n × 17 characters: ts16 .. level code).
@@ -179,18 +177,14 @@ return redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARG
 """
 
 
-def ts_key(t: datetime) -> str:
-    return f"{min(max(micros(t), 0), MAX_US):016d}"
-
-
 def line_keys(lines: list[dict]) -> str:
-    """The lines' sort keys as ``LogChunk.keys`` carries them (``ts_key`` of the timestamp, zeros
-    when it is missing or not ISO 8601, and the level code, INFO's when unknown), for records
+    """The lines' sort keys as ``LogChunk.keys`` carries them (``timestamp_key``, zeros when the
+    timestamp is missing or not ISO 8601, and the level code, INFO's when unknown), for records
     that came without them."""
     out = []
     for line in lines:
         try:
-            ts = ts_key(datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")))
+            ts = timestamp_key(datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")))
         except (KeyError, AttributeError, ValueError, TypeError):
             ts = "0" * 16
         level = line.get("level")

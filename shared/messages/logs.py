@@ -269,7 +269,7 @@ class LogChunk(BaseModel):
     the end marker the log service writes after a run finished (``end`` = the finishing state's
     version), which tells watchers that every line acknowledged before it has been stored.
     ``batch`` and ``sent_ms``: the chunk's identity within a keyed batch, and when it was sent.
-    ``keys``: for each line, in order, its 16-digit µs timestamp (the store's ``ts_key``) and
+    ``keys``: for each line, in order, its 16-digit µs timestamp (``timestamp_key``) and
     level code, 17 characters per line, so the log service need not parse every line's timestamp.
     Records written before it existed have none (the log service computes them from the lines),
     and ``decode`` drops a malformed one the same way: the lines are what matters."""
