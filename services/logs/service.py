@@ -6,7 +6,8 @@ Two consumer loops in one process, each a ``ConsumerService`` (plain aiokafka). 
 writes, dedup and saved positions); bench/README.md "Logs: Faust vs aiokafka" compares them.
 
 - ``LogLines`` (group ``runledger-logs``) reads the ``logs`` topic. Each record holds lines of one
-  run; a Lua script per record appends them to the run's timeline and index *and* records the
+  run and their sort keys (``LogChunk.keys``, from the ingress; computed here for a record without
+  them); a Lua script per record appends them to the run's timeline and index *and* records the
   record's offset for that run, so a redelivered record is a no-op (and a chunk of a keyed batch
   the client re-sent is dropped by its name). The batch's position is saved
   after its lines (``logs:cp:*``); Kafka offsets are not committed: on assignment the loop seeks
