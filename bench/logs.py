@@ -7,6 +7,8 @@ WARNING) it measures, and prints as one table:
 1. sustained ingestion: ``POST /api/v1/logs`` batches of 100 and of 1,000 records from ``--conc``
    concurrent aiohttp clients for ``--seconds`` each; records/s acknowledged (durable in Kafka,
    acks=all) and records/s stored (until the log service has stored every acknowledged line);
+   then batches of 100 through GraphQL ``write_run_logs``, the Prefect 1.x client's way
+   (``--no-graphql`` skips it);
 2. watch delay: one SSE watcher per run, batches of 10 lines at a steady rate; the delay from a
    batch's acknowledgement (the POST's answer) to the watcher receiving its last line, p50/p99;
    and the CPU time each process (ingress, log service, broker, Redis, this client) spent per 1,000 records
@@ -102,7 +104,11 @@ CPU_PROCESSES = ("ingress", "logs", "broker", "redis")
 CONSUMER_CPU = ("logs", "redis")
 
 
-async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: float, conc: int, redis) -> dict:
+GRAPHQL_WRITE = b'{"query":"mutation($input: write_run_logs_input!) { write_run_logs(input: $input) { success } }","variables":{"input":'
+
+
+async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: float, conc: int, redis, graphql: bool = False) -> dict:
+    """``graphql``: through ``write_run_logs`` (the Prefect 1.x client's way) instead of REST."""
     stop_at = time.monotonic() + seconds
     cpu_before = cpu_seconds(stack, CPU_PROCESSES)
     client_before = sum(os.times()[:2])  # this process: the load generator shares the cores
@@ -120,10 +126,13 @@ async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: f
                 run = runs[(w + k * conc) % len(runs)]  # every run in turn (not one run per writer: the per-run cap)
                 k += 1
                 body = batch_body(run, task_run, n, batch)
+                url = f"{api}/logs"
+                if graphql:
+                    body, url = GRAPHQL_WRITE + body + b"}}", api.removesuffix("/api/v1") + "/graphql"
                 t0 = time.perf_counter()
-                async with http.post(f"{api}/logs", data=body, headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                    if r.status == 200:
+                async with http.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                    answer = await r.read()
+                    if r.status == 200 and not (graphql and b'"errors"' in answer):
                         acked += batch
                         latencies.append(time.perf_counter() - t0)
                     else:
@@ -144,6 +153,7 @@ async def ingest(stack: Stack, api: str, runs: list[str], batch: int, seconds: f
         "cpu_ms_per_1000": {**{name: (cpu_after[name] - cpu_before[name]) * 1e6 / max(acked, 1) for name in CPU_PROCESSES},
                             "bench client": (sum(os.times()[:2]) - client_before) * 1e6 / max(acked, 1)},
         "batch": batch,
+        "api": "graphql" if graphql else "rest",
         "acked": acked,
         "errors": errors,
         "ack_rate": acked / elapsed,
@@ -265,6 +275,8 @@ async def main_async(args, stack: Stack) -> None:
             watch_runs = await setup_runs(http, api, args.watchers)
         mem0 = (await redis.info("memory"))["used_memory"]
         results = [await ingest(stack, api, runs, b, args.seconds, args.conc, redis) for b in (100, 1000)]
+        if not args.no_graphql:
+            results.append(await ingest(stack, api, runs, 100, args.seconds, args.conc, redis, graphql=True))
         mem1 = (await redis.info("memory"))["used_memory"]
         stored = sum(r["stored"] for r in results)
         load_ingest = os.getloadavg()
@@ -291,6 +303,11 @@ async def main_async(args, stack: Stack) -> None:
     print("| measure | value | goal |")
     print("|---|---|---|")
     for r in results:
+        if r["api"] == "graphql":
+            print(f"| GraphQL `write_run_logs`, batches of {r['batch']:,}: acknowledged | {r['ack_rate']:,.0f} records/s ({r['acked']:,} records, {r['errors']} errors; POST p50 {r['post_p50_ms']:.0f} ms, p99 {r['post_p99_ms']:.0f} ms) | |")
+            cpu = ", ".join(f"{name} {ms:.0f}" for name, ms in r["cpu_ms_per_1000"].items())
+            print(f"| GraphQL `write_run_logs`, batches of {r['batch']:,}: CPU ms per 1,000 records | {cpu} | |")
+            continue
         print(f"| ingestion, batches of {r['batch']:,}: acknowledged | {r['ack_rate']:,.0f} records/s ({r['acked']:,} records, {r['errors']} errors; POST p50 {r['post_p50_ms']:.0f} ms, p99 {r['post_p99_ms']:.0f} ms) | ≥ 50,000 records/s |")
         print(f"| ingestion, batches of {r['batch']:,}: stored | {r['store_rate']:,.0f} records/s (all stored {r['drain_after_s']:.1f} s after the last ack) | |")
         cpu = ", ".join(f"{name} {ms:.0f}" for name, ms in r["cpu_ms_per_1000"].items())
@@ -318,6 +335,8 @@ def main() -> None:
                         help="lines produced straight to the logs topic per record size for the consumer-alone scenario (0: skip it)")
     parser.add_argument("--no-keys", action="store_true",
                         help="the consumer-alone records carry no sort keys (LogChunk.keys), as records written before them")
+    parser.add_argument("--no-graphql", action="store_true",
+                        help="skip the third ingestion run: batches of 100 through GraphQL write_run_logs, as the Prefect client sends them")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     stack = Stack(own_redis=True, partitions=args.partitions, extra_env={"RUNLEDGER_LOG_LEVEL": "WARNING",
