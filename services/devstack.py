@@ -203,15 +203,16 @@ class Stack:
         await ensure_topics(settings)
 
     # -- services -----------------------------------------------------------------------------
-    def start_service(self, name: str, module: str | None = None, **env_overrides: str) -> subprocess.Popen:
-        """Start ``runledger.services.<module>`` as process ``name`` (a second ingress, say, under another name)."""
+    def start_service(self, name: str, module: str | None = None, *, interpreter: str | None = None, **env_overrides: str) -> subprocess.Popen:
+        """Start ``runledger.services.<module>`` as process ``name`` (a second ingress, say, under another name),
+        with ``interpreter`` if given (another checkout's ``.venv/bin/python``: another build)."""
         module = module or name
         env = self.env()
         if module != "ingress":
             self.health_ports.setdefault(name, free_port())
             env["RUNLEDGER_HEALTH_PORT"] = str(self.health_ports[name])
         env.update(env_overrides)
-        return self._spawn(name, [sys.executable, "-m", f"runledger.services.{module}"], env=env)
+        return self._spawn(name, [interpreter or sys.executable, "-m", f"runledger.services.{module}"], env=env)
 
     def wait_ready(self, name: str, timeout: float = 60.0, url: str | None = None) -> None:
         url = url or (
