@@ -21,6 +21,7 @@ from runledger.messages.logs import LogChunk
 from runledger.settings import Settings
 
 REGISTRY_AGGREGATE = "registry"
+MAX_RECORD_BYTES = 4 * 1024 * 1024  # the largest produce request our producers send, and what the topics that need it accept
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,18 @@ class TopicSpec:
     value: type[BaseModel]
     groups: tuple[ConsumerGroup, ...] = ()
     compacted: bool = False
+    # Kafka refuses a record batch over the topic's ``max.message.bytes`` (1 MB by default): set
+    # where a record can be bigger (a log chunk of one line of up to ~1.1 MB: Prefect's 1 MB
+    # message plus its info; a dead letter carries the record it sets aside).
+    max_message_bytes: int | None = None
     doc: str = ""
+
+    def configs(self) -> dict[str, str]:
+        """Topic configs to create it with."""
+        out = {"cleanup.policy": "compact"} if self.compacted else {}
+        if self.max_message_bytes:
+            out["max.message.bytes"] = str(self.max_message_bytes)
+        return out
 
 
 COMMANDS = TopicSpec(
@@ -60,7 +72,7 @@ REPLIES = TopicSpec(
     doc="the writer's verdicts; each ingress reads its own partition by manual assignment",
 )
 DEAD_LETTERS = TopicSpec(
-    "dead-letters", "one", "source topic", DeadLetter,
+    "dead-letters", "one", "source topic", DeadLetter, max_message_bytes=MAX_RECORD_BYTES,
     doc="messages a consumer could decode but not handle, with the error; set aside, never retried",
 )
 
@@ -71,7 +83,7 @@ SNAPSHOTS = TopicSpec(
 )
 
 LOGS = TopicSpec(
-    "logs", "aggregate", "flow-run id", LogChunk, (LOG_STORE,),
+    "logs", "aggregate", "flow-run id", LogChunk, (LOG_STORE,), max_message_bytes=MAX_RECORD_BYTES,
     doc="log lines of flow runs (write_run_logs); a run's lines in one partition, in order",
 )
 

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from runledger.settings import Settings
-from runledger.topics import Topics, topics_for
+from runledger.topics import MAX_RECORD_BYTES, Topics, topics_for
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def producer(settings: Settings, *, linger_ms: int = 1, **overrides) -> AIOKafka
         acks="all",
         linger_ms=linger_ms,
         enable_idempotence=settings.effective_idempotent_producer,
-        max_request_size=4 * 1024 * 1024,
+        max_request_size=MAX_RECORD_BYTES,
         max_batch_size=256 * 1024,  # 16 KB held one ~22 KB log record: 2-2.6x fewer produce requests (bench/README.md "Broker CPU on the log path")
         request_timeout_ms=30000,
     )
@@ -53,7 +53,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **ov
         session_timeout_ms=session,
         heartbeat_interval_ms=max(session // 3, 100),
         rebalance_timeout_ms=max(session * 3, 10000),
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        max_partition_fetch_bytes=MAX_RECORD_BYTES,
         isolation_level="read_uncommitted",
     )
     options.update(overrides)
@@ -90,7 +90,7 @@ async def ensure_topics(settings: Settings) -> Topics:
                 t.name,
                 num_partitions=t.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if t.spec.compacted else {},
+                topic_configs=t.spec.configs(),
             )
             for t in topics.all()
             if t.name not in existing

@@ -333,3 +333,29 @@ def test_kill_9_of_the_log_service_mid_stream_loses_no_acknowledged_line(logs_st
     messages = [l["message"] for l in stored]
     assert len(messages) == len(set(messages)), "a line was stored twice"
     assert set(acknowledged) <= set(messages), f"{len(set(acknowledged) - set(messages))} acknowledged lines lost"
+
+
+def test_the_logs_and_dead_letter_topics_accept_records_over_kafkas_1_mb_default(logs_stack):
+    """Real Kafka refuses a record batch over the topic's ``max.message.bytes`` (1 MB by default);
+    a log chunk can be one line of ~1.1 MB, and a dead letter carries the record it sets aside."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from runledger.settings import Settings
+    from runledger.topics import DEAD_LETTERS, LOGS, MAX_RECORD_BYTES, topics_for
+
+    names = {t.name for t in topics_for(Settings(topic_prefix="runledger")).all() if t.spec in (LOGS, DEAD_LETTERS)}
+
+    async def described() -> dict[str, dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{logs_stack.broker_port}")
+        await admin.start()
+        try:
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in sorted(names)])
+        finally:
+            await admin.close()
+        return {resource[3]: {entry[0]: entry[1] for entry in resource[4]} for response in responses for resource in response.resources}
+
+    configs = asyncio.run(described())
+    assert set(configs) == names and all(c.get("max.message.bytes") == str(MAX_RECORD_BYTES) for c in configs.values()), configs
