@@ -138,10 +138,11 @@ class CommandBus:
         self.producer = clients.producer(self.settings, linger_ms=1)
         self.replies = clients.consumer(self.settings)
         await asyncio.gather(self.producer.start(), self.replies.start())
-        tp = TopicPartition(self.topics.replies.name, self.reply_partition)
+        tp = self._reply_tp = TopicPartition(self.topics.replies.name, self.reply_partition)
         self.replies.assign([tp])
         await self.replies.seek_to_end(tp)
         await self.replies.position(tp)  # resolve now: no reply to a later command may be skipped
+        self.replies.pause(tp)  # until a command waits for its reply (see ``send``)
         self.tracker = ProjectionTracker(self.redis, self.keys, self.topics.events.partitions)
         await self.tracker.start()
         self._reader = asyncio.create_task(self._read_replies())
@@ -193,6 +194,10 @@ class CommandBus:
         timeout = self.settings.command_timeout_seconds
         future = asyncio.get_running_loop().create_future()
         self._pending[command.command_id] = future
+        # Fetch replies only while a command waits for one: an idle consumer costs the embedded
+        # broker ~50 ms of CPU a second (bench/README.md "Broker CPU on the log path"). Paused, the
+        # position stays put, so a resumed fetch still sees every reply produced meanwhile.
+        self.replies.resume(self._reply_tp)
         # One deadline for the whole call (send, verdict, read model), so a paused broker or a
         # slow projector cannot hold a caller past the command timeout.
         try:
@@ -207,4 +212,6 @@ class CommandBus:
             ) from None
         finally:
             self._pending.pop(command.command_id, None)
+            if not self._pending:
+                self.replies.pause(self._reply_tp)
         return reply
