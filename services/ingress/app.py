@@ -187,9 +187,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from runledger.services.ingress.graphql import mount_graphql
     from runledger.services.ingress.graphql.limits import DocumentLimits
 
-    # Routes are matched in this order, and a request pays for every one it passes (matching
-    # POST / behind the REST routers took ~190 µs): the Prefect client's GraphQL and the log
-    # writes, the busiest, come first.
+    # Routes are matched in this order, and a request pays for every one it passes: POST /, the
+    # Prefect client's endpoint for everything, took 125 µs to route behind the REST routers and
+    # 8 µs in front of them, while the REST routes pay only a few µs for GraphQL's three.
     mount_graphql(
         app,
         DocumentLimits(
@@ -201,8 +201,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_tokens=settings.graphql_max_tokens,
         ),
     )
-    app.include_router(logs_router)
     app.include_router(router)
+    app.include_router(logs_router)
     install_scheduling(app)
 
     @app.get("/health/live", tags=["health"])
