@@ -81,7 +81,7 @@ class LogLine:
     level: str
     name: str
     message: str
-    info: Any = None
+    info: orjson.Fragment | None = None  # the info JSON, already encoded
     index: int = 0  # its position in the batch the client sent (error reports, chunk names)
     encoded: bytes = field(init=False, repr=False)  # as stored, see __post_init__
 
@@ -247,12 +247,13 @@ def validate_batch(records: Any, limits: LogLimits, now: datetime) -> ValidatedB
         info = record.get("info")
         if info is not None:
             try:
-                size = len(orjson.dumps(info))
+                info_json = orjson.dumps(info)
             except (TypeError, orjson.JSONEncodeError) as exc:
                 errors.append(RecordError(i, "info", f"not JSON: {exc}", "json_invalid"))
             else:
-                if size > limits.max_info_bytes:
-                    errors.append(RecordError(i, "info", f"info of {size} bytes is over the limit of {limits.max_info_bytes} bytes", "too_large"))
+                if len(info_json) > limits.max_info_bytes:
+                    errors.append(RecordError(i, "info", f"info of {len(info_json)} bytes is over the limit of {limits.max_info_bytes} bytes", "too_large"))
+                info = orjson.Fragment(info_json)  # encoded once: the line's encoding embeds it as it is
         if errors:
             out.errors += errors
             continue

@@ -127,6 +127,9 @@ def test_a_line_is_stored_as_utc_iso_with_its_sort_key():
     (whole,) = validate_batch([{"flow_run_id": "r", "message": "m", "timestamp": "2024-05-01T10:00:00Z"}], LogLimits(), NOW).lines
     assert orjson.loads(whole.encoded)["timestamp"] == "2024-05-01T10:00:00Z"
     assert line.sort_key() == f"{1714557600250000:016d}W"
+    info = {"k": [1, 2.5, None], "s": "é\n"}
+    (with_info,) = validate_batch([{"flow_run_id": "r", "message": "m", "info": info}], LogLimits(), NOW).lines
+    assert orjson.loads(with_info.encoded)["info"] == info and b'"info":' + orjson.dumps(info) + b"}" in with_info.encoded
     assert timestamp_key(datetime(1960, 1, 1, tzinfo=timezone.utc)) == "0" * 16  # clamped
 
 
