@@ -46,10 +46,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from bench.measure import cpu_seconds, pct
-from runledger.messages.logs import LogChunk
+from runledger.messages.logs import LogChunk, line_keys
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
-from runledger.services.runtime.logstore import line_keys
 from runledger.settings import Settings
 from runledger.topics import LOGS, topics_for
 

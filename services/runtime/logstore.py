@@ -31,7 +31,7 @@ from datetime import datetime
 import orjson
 
 from runledger.services.runtime import redis as redis_clients
-from runledger.messages.logs import BATCH_KEY_SECONDS, BATCH_KEYS_PER_RUN, LEVEL_CODE, MAX_US, micros, timestamp_key
+from runledger.messages.logs import BATCH_KEY_SECONDS, BATCH_KEYS_PER_RUN, LEVEL_CODE, MAX_US, line_keys, micros
 
 # KEYS: tl, ix, meta, bk. ARGV: offset, cap, n, batch ('' = none), sent ms, keep ms, keep count,
 # the n lines' JSON joined by newlines, their sort keys (n × 17 characters: ts16 .. level code).
@@ -175,21 +175,6 @@ end
 _DUE = """
 return redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
 """
-
-
-def line_keys(lines: list[dict]) -> str:
-    """The lines' sort keys as ``LogChunk.keys`` carries them (``timestamp_key``, zeros when the
-    timestamp is missing or not ISO 8601, and the level code, INFO's when unknown), for records
-    that came without them."""
-    out = []
-    for line in lines:
-        try:
-            ts = timestamp_key(datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")))
-        except (KeyError, AttributeError, ValueError, TypeError):
-            ts = "0" * 16
-        level = line.get("level")
-        out.append(ts + (LEVEL_CODE.get(level, "I") if isinstance(level, str) else "I"))
-    return "".join(out)
 
 
 def _bound(t: datetime | None, inclusive: bool, upper: bool) -> str:

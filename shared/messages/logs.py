@@ -265,6 +265,21 @@ LINE_KEY_LENGTH = 17  # a line's sort key in ``LogChunk.keys``: 16-digit µs tim
 _LINE_KEYS = re.compile(r"(?:[0-9]{16}[DIWEC])*")
 
 
+def line_keys(lines: list[dict]) -> str:
+    """The lines' sort keys as ``LogChunk.keys`` carries them, for records that came without:
+    ``LogLine.sort_key`` of each stored line (zeros for a timestamp missing or not ISO 8601, INFO's
+    code for an unknown level)."""
+    out = []
+    for line in lines:
+        try:
+            ts = timestamp_key(datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")))
+        except (KeyError, AttributeError, ValueError, TypeError):
+            ts = "0" * 16
+        level = line.get("level")
+        out.append(ts + (LEVEL_CODE.get(level, "I") if isinstance(level, str) else "I"))
+    return "".join(out)
+
+
 class LogChunk(BaseModel):
     """The value of one record on the ``logs`` topic: lines of one flow run (the record key), or
     the end marker the log service writes after a run finished (``end`` = the finishing state's

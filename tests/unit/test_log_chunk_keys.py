@@ -7,8 +7,7 @@ from datetime import datetime, timezone
 
 import orjson
 
-from runledger.messages.logs import LogChunk, LogLimits, validate_batch
-from runledger.services.runtime.logstore import line_keys
+from runledger.messages.logs import LogChunk, LogLimits, line_keys, validate_batch
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 RECORDS = [
