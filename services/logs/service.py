@@ -234,6 +234,10 @@ class LogService:
     END_POLL_SECONDS = 0.1
 
     def __init__(self, settings: Settings) -> None:
+        # Lines and states reach a run's timeline through two consumers and are ordered by arrival:
+        # an idle consumer's longer wait (embedded broker) could store a state after the lines
+        # logged right after it. Both keep their busy wait.
+        settings = settings.model_copy(update={"idle_fetch_max_wait_ms": 0})
         self.settings = settings
         self.log = configure("logs", settings.log_level, settings.log_json)
         self.redis = redis_clients.client(settings)

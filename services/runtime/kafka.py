@@ -23,7 +23,7 @@ def prepare(settings: Settings) -> None:
     if settings.embedded_broker:
         from runledger.services.runtime import tansu_compat
 
-        tansu_compat.apply()
+        tansu_compat.apply(idle_fetch_max_wait_ms=settings.idle_fetch_max_wait_ms)
 
 
 def producer(settings: Settings, *, linger_ms: int = 1, **overrides) -> AIOKafkaProducer:
