@@ -13,7 +13,7 @@ This measures, without Redis or any service, which client settings change that c
   sending one ``--record-bytes`` record (= one HTTP batch of 100 log lines, keyed by one of
   ``--runs`` run ids) and awaiting its ack before the next, at ``--rate`` records/s in total
   (0: each writer as fast as it can);
-- a consumer process shaped like the log service's ``LogLines``: one group member
+- a consumer process shaped like the log service's consumer (``RunTimelines``): one group member
   (``runtime.kafka.consumer``, ``max_poll_records``) in a ``getmany(timeout_ms=200, max_records=)``
   loop, doing nothing with the records (``--handle-ms``: asyncio.sleep that long per getmany
   batch, to stand for the store's Redis pipeline).
@@ -45,7 +45,7 @@ from collections import Counter
 
 from bench.measure import cpu_seconds, pct
 
-# The ingress's log producer and LogLines' consumer before max_batch_size was raised (16 KB: aiokafka's
+# The ingress's log producer and the log service's consumer before max_batch_size was raised (16 KB: aiokafka's
 # default); every combination starts from these, so the bench measures the same whatever kafka.producer defaults to.
 BASE = dict(linger=2, batch=16384, wait=10, minb=1, maxrec=2000)
 

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     idle_fetch_max_wait_ms: int = Field(
         50, ge=0,
         description="Embedded broker only: the fetch wait of a consumer whose fetches found nothing for a second "
-        "(back to fetch_max_wait_ms with its next records; 0 = off; the log service keeps its busy wait). Tansu's "
+        "(back to fetch_max_wait_ms with its next records; 0 = off). Tansu's "
         "long poll re-checks on a timer, so an idle consumer at 10 ms costs it ~50 ms of CPU a second; real Kafka "
         "wakes a long poll on data.",
     )

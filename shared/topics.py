@@ -32,8 +32,12 @@ class ConsumerGroup:
 
 TRANSITIONS = ConsumerGroup("runledger-transitions", "transitions")
 PROJECTOR = ConsumerGroup("runledger-projector", "projector")
-LOG_STORE = ConsumerGroup("runledger-logs", "logs")  # logs topic -> log store
-LOG_STATES = ConsumerGroup("runledger-logs-states", "logs")  # events -> state entries of the watch timelines
+# logs + events -> the runs' watch timelines: one group, so one fetch reads both (co-partitioned,
+# range assignor). A name of its own: a member cannot join a group whose members assign round-robin
+# (the former runledger-logs), which would stall a rolling upgrade.
+LOG_TIMELINE = ConsumerGroup("runledger-logs-timeline", "logs")
+LOG_STORE = ConsumerGroup("runledger-logs", "logs")  # RUNLEDGER_LOGS_ENGINE=faust: its agent on logs
+LOG_STATES = ConsumerGroup("runledger-logs-states", "logs")  # RUNLEDGER_LOGS_ENGINE=faust: events beside it
 SCHEDULING = ConsumerGroup("runledger-scheduling", "scheduling")  # events -> due queues, slots, timers
 
 
@@ -64,7 +68,7 @@ COMMANDS = TopicSpec(
     doc="requests to the single writer; partitioned by aggregate id",
 )
 EVENTS = TopicSpec(
-    "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR, LOG_STATES, SCHEDULING),
+    "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR, LOG_TIMELINE, LOG_STATES, SCHEDULING),
     doc="the system of record; the partition number of the command that caused each event",
 )
 REPLIES = TopicSpec(
@@ -83,7 +87,7 @@ SNAPSHOTS = TopicSpec(
 )
 
 LOGS = TopicSpec(
-    "logs", "aggregate", "flow-run id", LogChunk, (LOG_STORE,), max_message_bytes=MAX_RECORD_BYTES,
+    "logs", "aggregate", "flow-run id", LogChunk, (LOG_TIMELINE, LOG_STORE), max_message_bytes=MAX_RECORD_BYTES,
     doc="log lines of flow runs (write_run_logs); a run's lines in one partition, in order",
 )
 

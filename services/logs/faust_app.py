@@ -1,10 +1,11 @@
-"""The log-line consumer on Faust (``RUNLEDGER_LOGS_ENGINE=faust``): the same work as ``LogLines``
-in ``service.py`` — the same ``LogStore`` scripts, the same per-run dedup, positions saved in Redis
-after the lines — driven by a Faust agent instead of an aiokafka ``getmany`` loop.
+"""The log-line consumer on Faust (``RUNLEDGER_LOGS_ENGINE=faust``): the work ``RunTimelines``
+(``service.py``) does on the ``logs`` topic — the same ``LogStore`` scripts, the same per-run
+dedup, positions saved in Redis after the lines — driven by a Faust agent instead of an aiokafka
+``getmany`` loop.
 
 - One agent over the ``logs`` topic (raw bytes): ``stream.take_events(max_records, within=...)``
-  batches; each batch goes through ``LogLines.apply`` (one Redis pipeline: a Lua script per record,
-  then the batch's position per partition). Faust acks a batch's events when the agent asks for the
+  batches; each batch goes through ``RunTimelines.apply`` (one Redis pipeline: a Lua script per
+  record, then the batch's position per partition). Faust acks a batch's events when the agent asks for the
   next batch, i.e. after the store write, and commits acked offsets every ``COMMIT_INTERVAL``.
 - **Resume from the store's saved positions, not Faust's commits.** The consumer's
   ``seek_to_committed`` (what Faust calls after every rebalance) seeks each ``logs`` partition to
@@ -14,6 +15,10 @@ after the lines — driven by a Faust agent instead of an aiokafka ``getmany`` l
   aiokafka") cannot skip a record, and deleting the store replays the topic as with the other
   engine. ``RUNLEDGER_LOGS_FAUST_RESUME_FROM=kafka`` (a diagnostic for the restart bench only)
   resumes from Faust's commits instead.
+- The state changes come through a consumer of their own beside the agent (``RunStates``, group
+  ``runledger-logs-states``, the same code as the default engine's for ``events``): a run's
+  timeline orders its lines and states **by arrival**, not by record time as ``RunTimelines``
+  does, so a state set right before a line is posted can be stored after it.
 - Embedded broker: ``tansu_compat.apply()`` first, a short session, and the worker consumer's
   fetch wait (hard-coded 1500 ms in Faust) set to ``effective_fetch_max_wait_ms`` (Tansu answers
   a long poll up to W/2 late; ../shared/research/tansu.md #5).
@@ -31,10 +36,11 @@ import tempfile
 import time
 from collections import defaultdict
 
-from runledger.services.logs.service import LogLines
+from runledger.services.logs.service import RunStates, RunTimelines
 from runledger.services.runtime import kafka
 from runledger.services.runtime.health import HealthServer
 from runledger.settings import Settings
+from runledger.topics import LOG_STORE, LOGS
 
 TAKE_WITHIN_SECONDS = 0.01  # a lone record waits at most this long in the take buffer
 COMMIT_INTERVAL = 1.0
@@ -91,7 +97,7 @@ def build_app(settings: Settings, lines: "FaustLogLines"):
         autodiscover=False,
         datadir=os.path.join(tempfile.gettempdir(), f"runledger-faust-{os.getpid()}"),
     )
-    topic_name = lines.topic_name
+    topic_name = lines.lines_topic
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     resume_from_store = os.environ.get("RUNLEDGER_LOGS_FAUST_RESUME_FROM", "store") != "kafka"
 
@@ -100,11 +106,11 @@ def build_app(settings: Settings, lines: "FaustLogLines"):
             committed = dict(await super().seek_to_committed())
             if resume_from_store:
                 mine = [tp for tp in self.assignment() if tp.topic == topic_name]
-                saved = await lines.store.checkpoints(topic_name, [tp.partition for tp in mine])
+                saved = await lines.store.checkpoints(mine)
                 for tp in mine:
-                    await self._seek(tp, saved[tp.partition])
-                    committed[tp] = saved[tp.partition]
-                    lines.stored_upto[tp.partition] = saved[tp.partition]
+                    await self._seek(tp, saved[tp])
+                    committed[tp] = saved[tp]
+                    lines.stored_upto[tp.partition] = saved[tp]
             lines.assigned = True
             return committed
 
@@ -133,7 +139,7 @@ def build_app(settings: Settings, lines: "FaustLogLines"):
         except Exception as exc:
             # Not Faust's agent restart: ``take`` acks a batch's events when its generator closes,
             # written or not, and the restarted agent would go on after them. The process exits
-            # instead and its successor resumes from the store's saved position (as LogLines does).
+            # instead and its successor resumes from the store's saved position (as RunTimelines does).
             lines.failure = exc
             lines.stopping.set()
             raise
@@ -149,14 +155,27 @@ def build_app(settings: Settings, lines: "FaustLogLines"):
     return app
 
 
-class FaustLogLines(LogLines):
-    """``LogLines`` whose records come from a Faust agent; health, producer (dead letters, end
-    markers) and probe as in ``ConsumerService.run``."""
+class FaustLogLines(RunTimelines):
+    """``RunTimelines`` on ``logs`` alone, whose records come from a Faust agent, and ``RunStates``
+    beside it; health, producer (dead letters, end markers) and probe as in ``ConsumerService.run``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    group = LOG_STORE
+    specs = (LOGS,)
+
+    def __init__(self, settings: Settings, redis, store) -> None:
+        super().__init__(settings, redis, store)
+        self.states_consumer = RunStates(settings.model_copy(update={"health_port": 0}), redis, store)
         self.stored_upto: dict[int, int] = {}  # partition -> next offset this process stored
         self.last_batch_at = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return super().ready and self.states_consumer.ready
+
+    def details(self) -> dict:
+        states = self.states_consumer
+        return {**super().details(), "states": states.states_stored, "states_assigned": states.assigned,
+                "states_dependency_error": states.dependency_error, "states_dead_letters": states.dead_letters}
 
     async def apply(self, batch: dict) -> None:
         await super().apply(batch)
@@ -169,19 +188,28 @@ class FaustLogLines(LogLines):
         parts = sorted(self.stored_upto)
         if not parts or self.app is None:
             return
-        saved = await self.store.checkpoints(self.topic_name, parts)
         from faust.types import TP
 
-        for p in parts:
-            if saved[p] < self.stored_upto.get(p, 0):
-                self.log.info("log store behind the consumer: replaying", topic=self.topic_name, partition=p, saved=saved[p])
-                await self.app.consumer.seek(TP(self.topic_name, p), saved[p])
-                self.stored_upto[p] = saved[p]
+        tps = [TP(self.lines_topic, p) for p in parts]
+        saved = await self.store.checkpoints(tps)
+        for tp in tps:
+            if saved[tp] < self.stored_upto.get(tp.partition, 0):
+                self.log.info("log store behind the consumer: replaying", topic=tp.topic, partition=tp.partition, saved=saved[tp])
+                await self.app.consumer.seek(tp, saved[tp])
+                self.stored_upto[tp.partition] = saved[tp]
 
     app = None
     failure: BaseException | None = None
 
     async def run(self) -> None:
+        states = asyncio.create_task(self.states_consumer.run())
+        try:
+            await self._run_app(states)
+        finally:
+            self.states_consumer.stopping.set()
+            await states
+
+    async def _run_app(self, states: asyncio.Task) -> None:
         await kafka.wait_for_broker(self.settings)
         await kafka.ensure_topics(self.settings)
         self.producer = kafka.producer(self.settings, linger_ms=0)
@@ -192,11 +220,13 @@ class FaustLogLines(LogLines):
         await self.start_resources()
         self.app = build_app(self.settings, self)
         await self.app.start()
-        self.log.info("started", engine="faust", bootstrap=self.settings.kafka_bootstrap, topic=self.topic_name, group=self.group.id)
+        self.log.info("started", engine="faust", bootstrap=self.settings.kafka_bootstrap, topic=self.lines_topic, group=self.group.id)
         try:
             while not self.stopping.is_set():
                 if self.app.should_stop or self.app.state == "crashed":
                     raise RuntimeError(f"the Faust app stopped: {self.app._crash_reason!r}")
+                if states.done():
+                    raise RuntimeError("the states consumer stopped") from states.exception()
                 try:
                     await asyncio.wait_for(self.stopping.wait(), 0.2)
                 except asyncio.TimeoutError:

@@ -1,33 +1,43 @@
-"""The log service: the ``logs`` topic and the runs' state changes into the log store
-(``runledger.services.runtime.logstore``), and the end markers that close watch streams.
+"""The log service: flow runs' log lines (the ``logs`` topic) and state changes (``events``) into
+the log store (``runledger.services.runtime.logstore``), and the end markers that close watch streams.
 
-Two consumer loops in one process, each a ``ConsumerService`` (plain aiokafka). With
-``RUNLEDGER_LOGS_ENGINE=faust`` the first is a Faust agent instead (``faust_app.py``: same store
-writes, dedup and saved positions); bench/README.md "Logs: Faust vs aiokafka" compares them.
+One consumer, ``RunTimelines`` (group ``runledger-logs-timeline``, plain aiokafka), reads both
+topics, so one fetch request reads both, and applies each batch in record-timestamp order: a state
+produced before a line is stored (and watched) before it, whichever topic it came by. Both topics
+have the aggregate partition count and are keyed by flow-run id; the group's
+``RangePartitionAssignor`` gives partition p of both to the same member, so with several instances
+each still sees a run's lines and states together.
 
-- ``LogLines`` (group ``runledger-logs``) reads the ``logs`` topic. Each record holds lines of one
-  run and their sort keys (``LogChunk.keys``, from the ingress; computed here for a record without
-  them); a Lua script per record appends them to the run's timeline and index *and* records the
-  record's offset for that run, so a redelivered record is a no-op (and a chunk of a keyed batch
-  the client re-sent is dropped by its name). The batch's position is saved
-  after its lines (``logs:cp:*``); Kafka offsets are not committed: on assignment the loop seeks
-  to the saved position, so deleting the store replays it from the topic.
-- ``RunStates`` (group ``runledger-logs-states``) reads ``events`` and appends each flow-run state
-  change to the run's timeline (deduplicated the same way). When a run finishes, its logs get
+- A ``logs`` record holds lines of one run and their sort keys (``LogChunk.keys``, from the
+  ingress; computed here for a record without them); a Lua script per record appends them to the
+  run's timeline and index *and* records the record's offset for that run (``lo``), so a
+  redelivered record is a no-op (and a chunk of a keyed batch the client re-sent is dropped by
+  its name). An undecodable record goes to the dead letters.
+- An ``events`` record that is a flow-run state change is appended to the run's timeline
+  (deduplicated the same way, ``eo``); other events are skipped. When a run finishes, its logs get
   their expiry (finish + ``logs_retention_days``) and an end marker is scheduled
   ``logs_watch_end_grace_seconds`` later. A small loop sends due end markers to the ``logs`` topic,
-  keyed by the run: they land after every line acknowledged before them, and when ``LogLines``
-  stores one, watchers know they have seen the run's last lines.
+  keyed by the run: they land after every line acknowledged before them, and once one is stored,
+  watchers know they have seen the run's last lines.
+- The batch's positions are saved after its writes, per topic and partition (``logs:cp:*``);
+  Kafka offsets are not committed: on assignment the consumer seeks to the saved positions, so
+  deleting the store replays both topics.
+
+With ``RUNLEDGER_LOGS_ENGINE=faust`` a Faust agent reads ``logs`` instead and ``RunStates`` (group
+``runledger-logs-states``) reads ``events`` beside it (``faust_app.py``: same store writes, dedup
+and saved positions, but lines and states ordered by arrival); bench/README.md "Logs: Faust vs
+aiokafka" compares the engines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from datetime import datetime
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from redis.exceptions import NoScriptError, ResponseError
 
 from runledger.services.runtime import redis as redis_clients
@@ -38,41 +48,50 @@ from runledger.services.runtime.logs import configure
 from runledger.services.runtime.logstore import LogStore
 from runledger.services.runtime.process import run_until_stopped
 from runledger.settings import Settings
-from runledger.topics import LOG_STATES, LOG_STORE, LOGS
+from runledger.topics import EVENTS, LOG_STATES, LOG_TIMELINE, LOGS, TopicSpec
 
 REALIGN_SECONDS = 0.5
 
 
-class _StoreConsumer(ConsumerService):
-    """What both loops share: the store, positions saved in Redis, replay when the store is dropped."""
+class RunTimelines(ConsumerService):
+    """Log records and state changes into the store; positions saved in Redis; replay when the
+    store is dropped. ``specs``: the topics read (a subclass may read one of them alone)."""
+
+    group = LOG_TIMELINE
+    assignors = (RangePartitionAssignor,)
+    max_records = 2000
+    specs: tuple[TopicSpec, ...] = (LOGS, EVENTS)
 
     def __init__(self, settings: Settings, redis: redis_clients.AsyncRedis, store: LogStore) -> None:
         super().__init__(settings)
         self.redis, self.store = redis, store
+        self.lines_topic = self.topics[LOGS].name
+        self.lines_stored = self.states_stored = self.ends_sent = 0
         self._last_realign = 0.0
 
-    @property
-    def topic_name(self) -> str:
-        return self.source().name
+    def sources(self):
+        return [self.topics[spec] for spec in self.specs]
+
+    def details(self) -> dict:
+        return {"lines": self.lines_stored, "states": self.states_stored, "ends_sent": self.ends_sent}
 
     async def start_resources(self) -> None:
         await self.store.ensure_scripts()
 
     async def on_assigned(self, partitions: list[int]) -> None:
-        saved = await self.store.checkpoints(self.topic_name, partitions)
-        for p in partitions:
-            self.consumer.seek(TopicPartition(self.topic_name, p), saved[p])
+        tps = sorted(self.consumer.assignment())
+        saved = await self.store.checkpoints(tps)
+        for tp in tps:
+            self.consumer.seek(tp, saved[tp])
 
     async def realign(self) -> None:
         """When idle, notice a dropped store (saved position behind ours) and replay."""
         tps = sorted(self.consumer.assignment())
-        if not tps:
-            return
-        saved = await self.store.checkpoints(self.topic_name, [tp.partition for tp in tps])
+        saved = await self.store.checkpoints(tps)
         for tp in tps:
-            if saved[tp.partition] < await self.consumer.position(tp):
-                self.log.info("log store behind the consumer: replaying", topic=tp.topic, partition=tp.partition, saved=saved[tp.partition])
-                self.consumer.seek(tp, saved[tp.partition])
+            if saved[tp] < await self.consumer.position(tp):
+                self.log.info("log store behind the consumer: replaying", topic=tp.topic, partition=tp.partition, saved=saved[tp])
+                self.consumer.seek(tp, saved[tp])
 
     async def handle(self, batch: dict) -> None:
         if batch:
@@ -91,12 +110,12 @@ class _StoreConsumer(ConsumerService):
         Writing on would save a position past lines the store no longer holds, and ``realign``
         only looks when idle, so under steady load they would never come back: go back to the
         saved position instead (not before the first offset the topic still has)."""
-        saved = await self.store.checkpoints(self.topic_name, sorted({tp.partition for tp, records in batch.items() if records}))
+        saved = await self.store.checkpoints(sorted(tp for tp, records in batch.items() if records))
         kept = {}
         for tp, records in batch.items():
-            if records and records[0].offset > saved[tp.partition]:
+            if records and records[0].offset > saved[tp]:
                 first = (await self.consumer.beginning_offsets([tp]))[tp]
-                target = max(saved[tp.partition], first)
+                target = max(saved[tp], first)
                 if records[0].offset > target:
                     self.log.info("log store behind the batch: replaying", topic=tp.topic, partition=tp.partition, saved=target)
                     self.consumer.seek(tp, target)
@@ -104,24 +123,29 @@ class _StoreConsumer(ConsumerService):
             kept[tp] = records
         return kept
 
+    def in_time_order(self, batch: dict):
+        """The batch's records by CreateTime (ms), each partition's still in offset order
+        (``heapq.merge`` only compares the partitions' next records): a record behind its run's
+        last applied offset would be dropped as a redelivery. Ties: events first. A state's time
+        is stamped by the writer after the command's round trip, a line's by the ingress as it
+        arrives, so a state stamped in the same millisecond as a line was requested before it."""
+        return heapq.merge(*batch.values(), key=lambda record: (record.timestamp, record.topic == self.lines_topic))
+
     async def apply(self, batch: dict) -> None:
         queued = []
-        for tp, records in batch.items():
-            for record in records:
-                item = await self.prepare(record)
-                if item is not None:
-                    queued.append((record, item))
+        for record in self.in_time_order(batch):
+            item = await self.prepare(record)
+            if item is not None:
+                queued.append((record, item))
         try:
             await self._execute(batch, queued)
         except NoScriptError:  # Redis restarted (or flushed scripts): load them and redo; writes are idempotent
             await self.store.ensure_scripts()
             await self._execute(batch, queued)
         except ResponseError:  # one bad record: find it, set it aside, apply the rest
-            good = []
             for record, item in queued:
                 try:
                     await self._execute({}, [(record, item)])
-                    good.append((record, item))
                 except ResponseError as exc:
                     await self.dead_letter(record, "store", exc)
             await self._execute(batch, [])
@@ -129,70 +153,31 @@ class _StoreConsumer(ConsumerService):
     async def _execute(self, batch: dict, queued: list) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for record, item in queued:
-                self.queue(pipe, record, item)
+                if record.topic == self.lines_topic:
+                    self.queue_chunk(pipe, record, item)
+                else:
+                    self.queue_state(pipe, record, item)
             for tp, records in batch.items():  # positions after the writes
                 if records:
                     pipe.set(self.store.checkpoint_key(tp.topic, tp.partition), records[-1].offset + 1)
             await pipe.execute()
-        self.handled += sum(self.count(item) for _, item in queued)
+        lines = sum(len(item.lines) for record, item in queued if record.topic == self.lines_topic)
+        states = sum(1 for record, _ in queued if record.topic != self.lines_topic)
+        self.lines_stored += lines
+        self.states_stored += states
+        self.handled += lines + states
 
     async def prepare(self, record):
-        raise NotImplementedError
+        """What to store of ``record``: a ``LogChunk``, a state change, or None (nothing)."""
+        if record.topic == self.lines_topic:
+            try:
+                return LogChunk.decode(record.value)
+            except (ValueError, TypeError) as exc:
+                await self.dead_letter(record, "decode", exc)
+                return None
+        return self.state_change(record)
 
-    def queue(self, pipe, record, item) -> None:
-        raise NotImplementedError
-
-    def count(self, item) -> int:
-        return 1
-
-
-class LogLines(_StoreConsumer):
-    group = LOG_STORE
-    max_records = 2000
-
-    def source(self):
-        return self.topics[LOGS]
-
-    async def prepare(self, record):
-        try:
-            return LogChunk.decode(record.value)
-        except (ValueError, TypeError) as exc:
-            await self.dead_letter(record, "decode", exc)
-            return None
-
-    def queue(self, pipe, record, chunk: LogChunk) -> None:
-        if chunk.end is not None:
-            self.store.queue_end(pipe, chunk.flow_run_id, record.offset, chunk.end)
-        elif chunk.lines:
-            self.store.queue_lines(pipe, chunk.flow_run_id, record.offset, chunk.lines, self.settings.logs_max_lines_per_run,
-                                   chunk.batch, chunk.sent_ms, chunk.keys)
-
-    def count(self, chunk: LogChunk) -> int:
-        return len(chunk.lines)
-
-    partner: "RunStates | None" = None  # the other loop of the process: one readiness for both
-    ends_sent = 0
-
-    @property
-    def ready(self) -> bool:
-        return super().ready and (self.partner is None or self.partner.ready)
-
-    def details(self) -> dict:
-        out = {"lines": self.handled, "ends_sent": self.ends_sent}
-        if self.partner is not None:
-            out.update(states=self.partner.handled, states_assigned=self.partner.assigned,
-                       states_dependency_error=self.partner.dependency_error, states_dead_letters=self.partner.dead_letters)
-        return out
-
-
-class RunStates(_StoreConsumer):
-    group = LOG_STATES
-    max_records = 2000
-
-    def source(self):
-        return self.topics.events
-
-    async def prepare(self, record):
+    def state_change(self, record):
         """Only flow-run state changes matter here; the projector sets aside undecodable events."""
         try:
             event = orjson.loads(record.value)
@@ -212,8 +197,15 @@ class RunStates(_StoreConsumer):
             self.log.warning("event skipped", partition=record.partition, offset=record.offset, error=repr(exc)[:300])
             return None
 
-    def queue(self, pipe, record, item) -> None:
-        run_id, entry, finished = item
+    def queue_chunk(self, pipe, record, chunk: LogChunk) -> None:
+        if chunk.end is not None:
+            self.store.queue_end(pipe, chunk.flow_run_id, record.offset, chunk.end)
+        elif chunk.lines:
+            self.store.queue_lines(pipe, chunk.flow_run_id, record.offset, chunk.lines, self.settings.logs_max_lines_per_run,
+                                   chunk.batch, chunk.sent_ms, chunk.keys)
+
+    def queue_state(self, pipe, record, change) -> None:
+        run_id, entry, finished = change
         expire_at = None
         if finished:
             grace = self.settings.logs_watch_end_grace_seconds
@@ -224,20 +216,20 @@ class RunStates(_StoreConsumer):
                 expire_at = int((finished_at.timestamp() + days * 86400) * 1000)
         self.store.queue_state(pipe, run_id, record.offset, entry, finished, expire_at)
 
-    def details(self) -> dict:
-        return {"states": self.handled}
+
+class RunStates(RunTimelines):
+    """The state changes alone, beside the Faust engine's agent on ``logs`` (``faust_app.py``)."""
+
+    group = LOG_STATES
+    specs = (EVENTS,)
 
 
 class LogService:
-    """Both loops and the end-marker sender in one process, with one health endpoint."""
+    """The consumer and the end-marker sender in one process, with one health endpoint."""
 
     END_POLL_SECONDS = 0.1
 
     def __init__(self, settings: Settings) -> None:
-        # Lines and states reach a run's timeline through two consumers and are ordered by arrival:
-        # an idle consumer's longer wait (embedded broker) could store a state after the lines
-        # logged right after it. Both keep their busy wait.
-        settings = settings.model_copy(update={"idle_fetch_max_wait_ms": 0})
         self.settings = settings
         self.log = configure("logs", settings.log_level, settings.log_json)
         self.redis = redis_clients.client(settings)
@@ -245,39 +237,26 @@ class LogService:
         if settings.logs_engine == "faust":
             from runledger.services.logs.faust_app import FaustLogLines
 
-            self.lines: LogLines = FaustLogLines(settings, self.redis, self.store)
+            self.timelines: RunTimelines = FaustLogLines(settings, self.redis, self.store)
         else:
-            self.lines = LogLines(settings, self.redis, self.store)
-        self.states = RunStates(settings.model_copy(update={"health_port": 0}), self.redis, self.store)
-        self.lines.partner = self.states
-        self.stopping = self.lines.stopping
+            self.timelines = RunTimelines(settings, self.redis, self.store)
+        self.stopping = self.timelines.stopping
 
     async def run(self) -> None:
-        async def follow_stop():
-            await self.stopping.wait()
-            self.states.stopping.set()
-
-        tasks = [asyncio.create_task(self.lines.run()), asyncio.create_task(self.states.run()),
-                 asyncio.create_task(follow_stop()), asyncio.create_task(self.send_ends())]
+        ends = asyncio.create_task(self.send_ends())
         try:
-            done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
-            self.stopping.set()
-            await asyncio.gather(*tasks[:2])
+            await self.timelines.run()
         finally:
-            for task in tasks[2:]:
-                task.cancel()
-            await asyncio.gather(*tasks[2:], return_exceptions=True)
+            ends.cancel()
+            await asyncio.gather(ends, return_exceptions=True)
             await self.redis.aclose()
 
     async def send_ends(self) -> None:
         """Send due end markers (durably) to the logs topic, then forget them. A crash in between
         sends one twice; the store writes an end once per run and version."""
-        while not hasattr(self.lines, "producer"):
+        while not hasattr(self.timelines, "producer"):
             await asyncio.sleep(0.05)
-        topic = self.lines.topics[LOGS].name
+        topic = self.timelines.lines_topic
         while True:
             await asyncio.sleep(self.END_POLL_SECONDS)
             try:
@@ -285,12 +264,12 @@ class LogService:
                 if not due:
                     continue
                 futures = [
-                    await self.lines.producer.send(topic, LogChunk.model_construct(flow_run_id=run, lines=[], end=v).encode(), key=run.encode())
+                    await self.timelines.producer.send(topic, LogChunk.model_construct(flow_run_id=run, lines=[], end=v).encode(), key=run.encode())
                     for run, v in due
                 ]
                 await asyncio.gather(*futures)
                 await self.store.remove_pending_ends(due)
-                self.lines.ends_sent += len(due)
+                self.timelines.ends_sent += len(due)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis or Kafka hiccup: the next round retries

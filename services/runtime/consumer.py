@@ -1,7 +1,7 @@
 """The lifecycle every consumer service shares: connect, subscribe as its consumer group, loop
 over batches, report health, set aside what it cannot handle, ride out a Redis outage, stop
-cleanly. A service supplies ``handle(batch)`` and, if it keeps state per partition, the
-``on_assigned`` / ``on_revoked`` hooks.
+cleanly. A service supplies its ``source()`` topic (or ``sources()``), ``handle(batch)`` and, if it
+keeps state per partition, the ``on_assigned`` / ``on_revoked`` hooks.
 
 Dead letters: a record that cannot be decoded, decided or projected is published to the
 ``dead-letters`` topic with the error, logged once, counted in the health details, and the
@@ -14,6 +14,7 @@ import asyncio
 from datetime import datetime, timezone
 
 from aiokafka import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from runledger.messages.codec import encode
 from runledger.messages.dead_letter import DeadLetter
@@ -30,6 +31,9 @@ DEPENDENCY_ERRORS = (*OUTAGE_ERRORS, ConnectionError, OSError)
 class ConsumerService:
     group: ConsumerGroup
     max_records: int = 1000
+    # aiokafka's default. A service reading co-partitioned topics together takes
+    # RangePartitionAssignor: partition p of each of them goes to the same member.
+    assignors: tuple = (RoundRobinPartitionAssignor,)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -45,6 +49,10 @@ class ConsumerService:
     def source(self) -> Topic:
         raise NotImplementedError
 
+    def sources(self) -> list[Topic]:
+        """The topics the group subscribes to; a service reading one supplies ``source()``."""
+        return [self.source()]
+
     async def start_resources(self) -> None:
         """Open the service's own clients (called once the broker answers and topics exist)."""
 
@@ -55,7 +63,8 @@ class ConsumerService:
         raise NotImplementedError
 
     async def on_assigned(self, partitions: list[int]) -> None:
-        pass
+        """``partitions``: the partition numbers this member now owns (of every source: a service
+        with several co-partitions them, see ``assignors``)."""
 
     async def on_revoked(self, partitions: list[int]) -> None:
         pass
@@ -74,15 +83,17 @@ class ConsumerService:
         await kafka.wait_for_broker(self.settings)
         await kafka.ensure_topics(self.settings)
         self.producer = kafka.producer(self.settings, linger_ms=0)
-        self.consumer = kafka.consumer(self.settings, group_id=self.group.id, max_poll_records=self.max_records)
+        self.consumer = kafka.consumer(self.settings, group_id=self.group.id, max_poll_records=self.max_records,
+                                       partition_assignment_strategy=self.assignors)
         health = HealthServer(self.settings.health_port, lambda: self.ready, self._details)
         await asyncio.gather(self.producer.start(), health.start())
         self.probe = kafka.BrokerProbe(self.producer.client)
         await self.probe.start()
         await self.start_resources()
-        self.consumer.subscribe([self.source().name], listener=_Rebalance(self))
+        topics = [topic.name for topic in self.sources()]
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
         await self.consumer.start()
-        self.log.info("started", bootstrap=self.settings.kafka_bootstrap, topic=self.source().name, group=self.group.id)
+        self.log.info("started", bootstrap=self.settings.kafka_bootstrap, topics=topics, group=self.group.id)
         try:
             while not self.stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
@@ -156,8 +167,8 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked) -> None:
         self.service.assigned = False
-        await self.service.on_revoked(sorted(tp.partition for tp in revoked))
+        await self.service.on_revoked(sorted({tp.partition for tp in revoked}))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        await self.service.on_assigned(sorted(tp.partition for tp in assigned))
+        await self.service.on_assigned(sorted({tp.partition for tp in assigned}))
         self.service.assigned = True

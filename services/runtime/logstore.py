@@ -262,11 +262,12 @@ class LogStore:
         for script in (self._lines, self._state, self._end, self._query, self._due):
             await self.redis.script_load(script.script)
 
-    async def checkpoints(self, topic: str, partitions: list[int]) -> dict[int, int]:
-        if not partitions:
+    async def checkpoints(self, tps: list) -> dict:
+        """The saved position of each ``(topic, partition)`` (0 when none), keyed as given."""
+        if not tps:
             return {}
-        values = await redis_clients.mget(self.redis, [self.checkpoint_key(topic, p) for p in partitions])  # any slots
-        return {p: int(v) if v is not None else 0 for p, v in zip(partitions, values)}
+        values = await redis_clients.mget(self.redis, [self.checkpoint_key(topic, p) for topic, p in tps])  # any slots
+        return {tp: int(v) if v is not None else 0 for tp, v in zip(tps, values)}
 
     async def add_pending_end(self, run_id: str, version: int, due_ms: int) -> None:
         await self.redis.zadd(self.pending_end_key, {f"{run_id}:{version}": due_ms})

@@ -1,6 +1,7 @@
 """Live watch over Server-Sent Events: history first (from Scheduled), then live states and lines,
 ``Last-Event-ID`` resume without gap or repeat, the end after the finished state and its last
-lines, and one Redis subscription per watched run however many watchers."""
+lines, one Redis subscription per watched run however many watchers, and lines and states stored
+in record-time order whichever topic they came by."""
 
 from __future__ import annotations
 
@@ -73,12 +74,8 @@ def test_history_then_live_then_end_after_the_last_lines(logs_stack, lapi):
     thread = threading.Thread(target=watcher)
     thread.start()
     assert started.wait(10)
-    set_state(lapi, rid, "Running")
+    set_state(lapi, rid, "Running")  # acknowledged before the line is sent: stored before it
     post_logs(lapi, rid, "live-1")
-    # Lines and states reach the store through two consumers (logs topic, events topic): the order
-    # between a line and a state is the order they are stored in, which a loaded machine can swap
-    # when they are sent milliseconds apart. Wait for the line, as a watching client would see it.
-    wait_for(lambda: any("live-1" in e.get("data", "") for e in live))
     set_state(lapi, rid, "Success", "All reference tasks succeeded.")
     post_logs(lapi, rid, "after-success")  # sent right after the final state: still shown (grace)
     thread.join(30)
@@ -165,3 +162,68 @@ def test_many_watchers_share_one_subscription(logs_stack, lapi):
 def test_watch_of_an_unknown_run_is_404(logs_stack):
     r = httpx.get(f"{logs_stack.api_url}/api/v1/flow_runs/00000000-0000-0000-0000-000000000000/watch")
     assert r.status_code == 404
+
+
+def test_lines_and_states_are_stored_in_record_time_order_whatever_topic_they_came_by():
+    """States (``events``) and lines (``logs``) already in the topics when the log service starts:
+    its timeline interleaves them by record time, a state first on a tie. Storage in arrival order
+    (a consumer per topic, or topic after topic) puts both states together and both lines together."""
+    import asyncio
+    import uuid
+    from datetime import datetime, timezone
+
+    import redis
+
+    from runledger.messages.events import EventEnvelope
+    from runledger.messages.logs import LogChunk
+    from runledger.services.devstack import Stack
+    from runledger.services.runtime import kafka
+    from runledger.services.runtime.logstore import LogStore, entry_view
+    from runledger.settings import Settings
+    from runledger.topics import LOGS, topics_for
+
+    run = str(uuid.uuid4())
+    base_ms = int(time.time() * 1000) - 60_000
+
+    def state_event(seq: int, state: str) -> bytes:
+        at = datetime.fromtimestamp(base_ms / 1000, timezone.utc)
+        event = EventEnvelope.model_validate({
+            "event_id": uuid.uuid4(), "type": "FlowRunStateSet", "aggregate_id": run, "flow_run_id": run, "seq": seq,
+            "time": at, "causation_id": str(uuid.uuid4()),
+            "payload": {"type": "FlowRunStateSet", "state": {"type": state, "timestamp": at}, "version": seq},
+        })
+        return event.model_dump_json().encode()
+
+    def line(message: str) -> bytes:
+        return LogChunk(flow_run_id=run, lines=[{"message": message, "level": "INFO", "timestamp": "2026-01-01T00:00:00Z"}]).encode()
+
+    stack = Stack(own_redis=True, partitions=2)
+    try:
+        stack.start(services=())  # the broker and Redis: the log service starts once the records are in
+        settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=2)
+        topics = topics_for(settings)
+
+        async def produce() -> None:
+            producer = kafka.producer(settings)
+            await producer.start()
+            try:  # each topic in time order; keyed by the run, so both land on the same partition number
+                for topic, value, at in [(topics.events.name, state_event(2, "Submitted"), base_ms),
+                                         (topics.events.name, state_event(3, "Running"), base_ms + 2),
+                                         (topics[LOGS].name, line("first"), base_ms + 1),
+                                         (topics[LOGS].name, line("second"), base_ms + 2)]:
+                    await producer.send_and_wait(topic, value, key=run.encode(), timestamp_ms=at)
+            finally:
+                await producer.stop()
+
+        asyncio.run(produce())
+        stack.start_service("logs")
+        stack.wait_ready("logs")
+        client = redis.Redis.from_url(stack.redis_url)
+        key = LogStore(client).timeline_key(run)
+        wait_for(lambda: client.xlen(key) == 4)
+        timeline = [entry_view(entry_id.decode(), fields) for entry_id, fields in client.xrange(key)]
+        assert [(kind, data.get("type") or data.get("message")) for kind, data in timeline] == [
+            ("state", "Submitted"), ("log", "first"), ("state", "Running"), ("log", "second"),
+        ]
+    finally:
+        stack.stop()
