@@ -3,13 +3,40 @@ ports and the real service processes; nothing of Kafka or Redis is mocked."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import Counter
 
 import httpx
 import pytest
 import redis as redis_sync
 
 from runledger.services.devstack import Stack
+from tests.prefect.env import ensure_venv as ensure_prefect_venv
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """pytest-xdist tracks tests by node id: of several with one id, it would run only the first."""
+    repeated = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
+    if repeated:
+        raise pytest.UsageError(f"tests share a node id (pytest-xdist would run only one of each): {repeated[:5]}")
+
+
+def pytest_collection_finish(session):
+    """Start installing the Prefect client's virtualenv while the first tests run, when any test
+    needs it: a cold install takes about half a minute, most of it waiting on pip. The
+    ``prefect_env`` fixture calls ``ensure_venv`` again, which waits for this one (a file lock)
+    and, should it have failed, installs again and raises the real error."""
+    if any(item.nodeid.startswith("tests/prefect/") for item in session.items):
+        threading.Thread(target=_install_quietly, name="prefect-venv", daemon=True).start()
+
+
+def _install_quietly() -> None:
+    try:
+        ensure_prefect_venv()
+    except Exception:  # reported by the fixture's own call
+        pass
 
 
 @pytest.fixture(scope="session")
