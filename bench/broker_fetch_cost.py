@@ -92,7 +92,7 @@ def main() -> None:
 
         stack = Stack(own_redis=True, partitions=1)
         stack.start(services=())
-        settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=1)
+        settings = stack.settings()
         holder = stack
 
     def cpu_of() -> float:

@@ -366,43 +366,6 @@ def unavailability(rec: Recorder, faults: list[Fault], end: float) -> None:
 
 
 # -- verification -----------------------------------------------------------------------------------
-def settings_for(stack):
-    from runledger.settings import Settings
-
-    return Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True,
-                    partitions=stack.partitions, redis_url=stack.redis_url)
-
-
-async def read_events(stack) -> list[tuple[int, int, Any]]:
-    """Every record of the events topic as (partition, offset, envelope), in offset order."""
-    from aiokafka import TopicPartition
-
-    from runledger.messages.codec import decode_event
-    from runledger.services.runtime import kafka as clients
-    from runledger.topics import topics_for
-
-    settings = settings_for(stack)
-    topics = topics_for(settings)
-    consumer = clients.consumer(settings)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topics.events.name, p) for p in range(topics.events.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out, remaining = [], {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, records in batch.items():
-                out += [(tp.partition, r.offset, decode_event(r.value)) for r in records if r.offset < ends[tp]]
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-        out.sort(key=lambda x: (x[0], x[1]))
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def wait_projection_caught_up(stack, timeout: float) -> bool:
     from aiokafka import TopicPartition
 
@@ -410,7 +373,7 @@ async def wait_projection_caught_up(stack, timeout: float) -> bool:
     from runledger.services.runtime import kafka as clients
     from runledger.topics import topics_for
 
-    settings = settings_for(stack)
+    settings = stack.settings()
     topics = topics_for(settings)
     keys = Keys(settings.redis_prefix, settings.partitions)
     consumer = clients.consumer(settings)
@@ -429,24 +392,6 @@ async def wait_projection_caught_up(stack, timeout: float) -> bool:
     finally:
         redis.close()
         await consumer.stop()
-
-
-def snapshot(redis_client, pattern: str = "rl:rm:*") -> dict:
-    """Every read-model key with its value, by type (as tests/integration/test_rebuild.py)."""
-    out = {}
-    for key in redis_client.scan_iter(match=pattern, count=1000):
-        kind = redis_client.type(key).decode()
-        if kind == "string":
-            out[key] = ("string", redis_client.get(key))
-        elif kind == "zset":
-            out[key] = ("zset", redis_client.zrange(key, 0, -1, withscores=True))
-        elif kind == "set":
-            out[key] = ("set", sorted(redis_client.smembers(key)))
-        elif kind == "hash":
-            out[key] = ("hash", redis_client.hgetall(key))
-        else:
-            out[key] = (kind, None)
-    return out
 
 
 @dataclass
@@ -478,6 +423,8 @@ async def read_logs(client: httpx.AsyncClient, run_id: str) -> list[str]:
 
 
 async def verify(stack, client: httpx.AsyncClient, load: Load, rec: Recorder, flow_id: str, args) -> tuple[list[Check], dict[str, Totals]]:
+    from runledger.services.devstack import read_events, snapshot
+
     checks: list[Check] = []
     totals = {k: Totals() for k in KINDS}
     for op in rec.ops:
@@ -608,9 +555,9 @@ async def verify(stack, client: httpx.AsyncClient, load: Load, rec: Recorder, fl
 
     redis = stack.redis_client()
     try:
-        live = await asyncio.to_thread(snapshot, redis)
-        result = await rebuild_read_models(settings_for(stack), timeout=300)
-        rebuilt = await asyncio.to_thread(snapshot, redis)
+        live = await asyncio.to_thread(snapshot, redis, strict=False)
+        result = await rebuild_read_models(stack.settings(), timeout=300)
+        rebuilt = await asyncio.to_thread(snapshot, redis, strict=False)
     finally:
         redis.close()
     only_live = sorted(set(live) - set(rebuilt))
@@ -684,9 +631,11 @@ SCHED_DERIVED = ("run:*", "labelsets", "due:*", "occ:*")
 
 
 def sched_snapshot(redis_client) -> dict:
+    from runledger.services.devstack import snapshot
+
     out = {}
     for pattern in SCHED_DERIVED:
-        out.update(snapshot(redis_client, "rl:{sched}:" + pattern))
+        out.update(snapshot(redis_client, "rl:{sched}:" + pattern, strict=False))
     return out
 
 

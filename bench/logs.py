@@ -49,7 +49,6 @@ from bench.measure import cpu_seconds, pct
 from runledger.messages.logs import LogChunk, line_keys
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
-from runledger.settings import Settings
 from runledger.topics import LOGS, topics_for
 
 
@@ -225,7 +224,7 @@ async def consumer_only(stack: Stack, args, batch: int, redis) -> dict:
     and time it from the first stored line to the last."""
     runs = [str(uuid.uuid4()) for _ in range(args.runs)]
     stack.kill("logs", signal.SIGTERM)
-    settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=args.partitions)
+    settings = stack.settings()
     topic = topics_for(settings)[LOGS].name
     producer = kafka.producer(settings, linger_ms=5)
     await producer.start()

@@ -27,15 +27,14 @@ import redis.asyncio as aioredis
 from bench.logs import direct_record, record, stored_lines
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
-from runledger.settings import Settings
 from runledger.topics import LOGS, topics_for
 
 
-async def trial(stack: Stack, engine: str, batch: int, lines: int, runs_n: int, partitions: int, with_keys: bool, redis) -> dict:
+async def trial(stack: Stack, engine: str, batch: int, lines: int, runs_n: int, with_keys: bool, redis) -> dict:
     runs = [str(uuid.uuid4()) for _ in range(runs_n)]
     if "logs" in stack.processes:
         stack.kill("logs", signal.SIGTERM)
-    settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=partitions)
+    settings = stack.settings()
     topic = topics_for(settings)[LOGS].name
     producer = kafka.producer(settings, linger_ms=5)
     await producer.start()
@@ -79,7 +78,7 @@ async def main_async(args, stack: Stack) -> list[dict]:
         for t in range(args.trials):
             for batch in (100, 1000):
                 for engine in (engines if t % 2 == 0 else engines[::-1]):
-                    r = await trial(stack, engine, batch, args.lines, args.runs, args.partitions, not args.no_keys, redis)
+                    r = await trial(stack, engine, batch, args.lines, args.runs, not args.no_keys, redis)
                     print(f"  trial {t + 1} {engine:8} records of {batch:>5,} lines: {r['rate']:>9,.0f} lines/s "
                           f"({r['stored']:,}/{r['lines']:,} in {r['seconds']:.1f} s; load {r['load'][0]:.1f}→{r['load'][1]:.1f})", flush=True)
                     out.append(r)

@@ -32,7 +32,6 @@ import orjson
 from runledger.messages.logs import LogChunk
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
-from runledger.settings import Settings
 from runledger.topics import LOGS, topics_for
 
 RUNS = 8
@@ -42,9 +41,9 @@ LINES_PER_RECORD = 5
 class Producer(threading.Thread):
     """Produces records until stopped; ``acked`` holds the sequence numbers the broker acknowledged."""
 
-    def __init__(self, stack: Stack, partitions: int, rate: float) -> None:
+    def __init__(self, stack: Stack, rate: float) -> None:
         super().__init__(daemon=True)
-        self.stack, self.partitions, self.rate = stack, partitions, rate
+        self.stack, self.rate = stack, rate
         self.runs = [str(uuid.uuid4()) for _ in range(RUNS)]
         self.acked: list[int] = []
         self.failed = 0
@@ -54,7 +53,7 @@ class Producer(threading.Thread):
         asyncio.run(self._produce())
 
     async def _produce(self) -> None:
-        settings = Settings(kafka_bootstrap=f"127.0.0.1:{self.stack.broker_port}", embedded_broker=True, partitions=self.partitions)
+        settings = self.stack.settings()
         topic = topics_for(settings)[LOGS].name
         producer = kafka.producer(settings, linger_ms=2)
         await producer.start()
@@ -103,7 +102,7 @@ def run_restarts(engine: str, restarts: int = 10, sig: int = signal.SIGKILL, res
         "RUNLEDGER_LOGS_ENGINE": engine, "RUNLEDGER_LOGS_FAUST_RESUME_FROM": resume_from, "RUNLEDGER_LOG_LEVEL": "WARNING"})
     try:
         stack.start(services=("logs",))
-        producer = Producer(stack, partitions, rate)
+        producer = Producer(stack, rate)
         producer.start()
         t0 = time.monotonic()
         for i in range(restarts):

@@ -320,7 +320,7 @@ def run_size(total: int, templates, partitions: int, timeout: float, full: bool,
         stack.start_broker()
         stack.start_redis()
         asyncio.run(stack.create_topics())
-        settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=partitions)
+        settings = stack.settings()
         fill_s, counts = asyncio.run(fill(settings, total, templates))
         print(f"  {sum(counts):,} events produced in {fill_s:.1f} s ({sum(counts) / fill_s:,.0f}/s), per partition {counts}", flush=True)
         row: dict = {"events": sum(counts), "fill_s": fill_s, "full": full}

@@ -19,10 +19,12 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from runledger.services.runtime.redis import sync_client
+from runledger.settings import Settings
 
 SERVICES = ("transitions", "projector", "logs", "ingress")  # what a test stack starts by default
 ALL_SERVICES = ("transitions", "projector", "logs", "scheduling", "ingress")  # runledger dev: everything
@@ -192,13 +194,19 @@ class Stack:
         env.update(self.extra_env)
         return env
 
+    def settings(self, **overrides: Any) -> Settings:
+        """The settings a client of this stack uses: its broker (the embedded one), its partitions
+        and its Redis (once there is one), then ``overrides``; anything else from the environment,
+        as ``Settings()`` reads it."""
+        fields: dict[str, Any] = dict(kafka_bootstrap=f"127.0.0.1:{self.broker_port}", embedded_broker=True, partitions=self.partitions)
+        if self.redis_url is not None:
+            fields["redis_url"] = self.redis_url
+        return Settings(**{**fields, **overrides})
+
     async def create_topics(self) -> None:
         from runledger.services.runtime.kafka import ensure_topics, wait_for_broker
-        from runledger.settings import Settings
 
-        settings = Settings(
-            kafka_bootstrap=f"127.0.0.1:{self.broker_port}", embedded_broker=True, partitions=self.partitions
-        )
+        settings = self.settings()
         await wait_for_broker(settings)
         await ensure_topics(settings)
 
@@ -293,3 +301,58 @@ class Stack:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
         self.processes[name] = process
         return process
+
+
+# -- direct looks at a stack's broker and Redis (tests and benches) -----------------------------------
+async def read_events(stack: Stack) -> list[tuple[int, int, Any]]:
+    """Every record of the stack's events topic (as it ends now) as (partition, offset, envelope),
+    in (partition, offset) order."""
+    from aiokafka import TopicPartition
+
+    from runledger.messages.codec import decode_event
+    from runledger.services.runtime import kafka as clients
+    from runledger.topics import topics_for
+
+    settings = stack.settings()
+    topics = topics_for(settings)
+    consumer = clients.consumer(settings)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topics.events.name, p) for p in range(topics.events.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out, remaining = [], {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp, records in batch.items():
+                out += [(tp.partition, r.offset, decode_event(r.value)) for r in records if r.offset < ends[tp]]
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        out.sort(key=lambda x: (x[0], x[1]))
+        return out
+    finally:
+        await consumer.stop()
+
+
+def snapshot(redis_client, pattern: str = "rl:rm:*", *, strict: bool = True) -> dict:
+    """Every key matching ``pattern`` (default: the read models) with its value, by type: strings,
+    sets, sorted sets (with scores), hashes. Works on a single Redis and on a cluster client.
+    A key of any other type raises AssertionError (``strict``, for tests) or is recorded as
+    ``(type, None)`` (``strict=False``, for a bench that reports rather than stops)."""
+    out = {}
+    for key in redis_client.scan_iter(match=pattern, count=1000):
+        kind = redis_client.type(key).decode()
+        if kind == "string":
+            out[key] = ("string", redis_client.get(key))
+        elif kind == "zset":
+            out[key] = ("zset", redis_client.zrange(key, 0, -1, withscores=True))
+        elif kind == "set":
+            out[key] = ("set", sorted(redis_client.smembers(key)))
+        elif kind == "hash":
+            out[key] = ("hash", redis_client.hgetall(key))
+        elif strict:
+            raise AssertionError(f"unexpected {kind} at {key}")
+        else:
+            out[key] = (kind, None)
+    return out

@@ -20,7 +20,7 @@ from runledger.messages.dead_letter import DeadLetter
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
 from runledger.topics import topics_for
-from tests.integration.helpers import all_events, settings_for
+from tests.integration.helpers import all_events
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def own_stack():
 
 
 async def _produce(stack, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
-    producer = kafka.producer(settings_for(stack))
+    producer = kafka.producer(stack.settings())
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key, partition=partition)
@@ -39,7 +39,7 @@ async def _produce(stack, topic: str, value: bytes, key: bytes | None = None, pa
 
 
 async def _dead_letters(stack) -> list[DeadLetter]:
-    settings = settings_for(stack)
+    settings = stack.settings()
     topic = topics_for(settings).dead_letters.name
     consumer = kafka.consumer(settings)
     await consumer.start()
@@ -81,7 +81,7 @@ def _create_run(client: httpx.Client) -> dict:
 
 
 def test_poison_messages_are_set_aside_and_every_consumer_goes_on(own_stack):
-    topics = topics_for(settings_for(own_stack))
+    topics = topics_for(own_stack.settings())
     with httpx.Client(base_url=own_stack.api_url + "/api/v1", timeout=30) as client:
         _create_run(client)
         # 1. a command that is not even JSON

@@ -17,7 +17,6 @@ from runledger.services.runtime import kafka as clients
 from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.logstore import LogStore
 from runledger.topics import LOGS, topics_for
-from tests.integration.helpers import settings_for
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -48,7 +47,7 @@ def stored(redis, run_id: str) -> tuple[list[bytes], list[bytes]]:
 
 
 async def _produce(stack, records: list[tuple[str, bytes]]) -> None:
-    settings = settings_for(stack)
+    settings = stack.settings()
     producer = clients.producer(settings)
     await producer.start()
     try:
@@ -85,7 +84,7 @@ async def test_a_chunk_over_the_cap_and_over_one_zadd_keeps_the_newest_lines(sta
     """2,500 lines in one chunk (the script adds index members 2,000 at a time) under a cap of
     2,200: the 300 oldest by timestamp go, from the index and the timeline; the same chunk without
     its keys leaves the same. A store of its own (prefix) beside the running log service's."""
-    redis = redis_clients.client(settings_for(stack))
+    redis = redis_clients.client(stack.settings())
     store = LogStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
     try:
         await store.ensure_scripts()

@@ -17,7 +17,6 @@ from runledger.messages.logs import LogChunk
 from runledger.services.devstack import Stack, wait_for_port
 from runledger.services.runtime import kafka as clients
 from runledger.topics import LOGS, topics_for
-from tests.integration.helpers import settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +32,7 @@ def own_stack():
 
 
 async def _produce(stack, run_id: str, message: str) -> None:
-    settings = settings_for(stack)
+    settings = stack.settings()
     producer = clients.producer(settings)
     await producer.start()
     try:

@@ -5,26 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from runledger.services.devstack import snapshot
 from tests.conftest import register, unique
-
-
-def snapshot(redis_client, pattern: str = "rl:rm:*") -> dict:
-    """Every read-model key with its value, by type: strings, sets, sorted sets (with scores),
-    hashes. Works on a single Redis and on a cluster client."""
-    out = {}
-    for key in redis_client.scan_iter(match=pattern, count=1000):
-        kind = redis_client.type(key).decode()
-        if kind == "string":
-            out[key] = ("string", redis_client.get(key))
-        elif kind == "zset":
-            out[key] = ("zset", redis_client.zrange(key, 0, -1, withscores=True))
-        elif kind == "set":
-            out[key] = ("set", sorted(redis_client.smembers(key)))
-        elif kind == "hash":
-            out[key] = ("hash", redis_client.hgetall(key))
-        else:
-            raise AssertionError(f"unexpected {kind} at {key}")
-    return out
 
 
 def make_history(api, project) -> list[dict]:

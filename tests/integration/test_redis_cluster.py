@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from runledger.services.devstack import Stack
+from runledger.services.devstack import Stack, snapshot
 from tests.conftest import unique
-from tests.integration.test_rebuild import rebuild, snapshot
+from tests.integration.test_rebuild import rebuild
 
 BASE = datetime(2031, 1, 1, tzinfo=timezone.utc)
 

@@ -26,7 +26,6 @@ from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
 from runledger.services.transitions.snapshots import SnapshotStore, SnapshotUnavailable, pack, unpack
 from runledger.topics import SNAPSHOTS, topics_for
-from tests.integration.helpers import settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +59,7 @@ def _wait_for(predicate, timeout: float = 30.0):
 
 async def _command(stack, command: CommandEnvelope):
     """Send one command straight to the writer (a chosen command id) and read its reply."""
-    settings = settings_for(stack)
+    settings = stack.settings()
     topics = topics_for(settings)
     tp = TopicPartition(topics.replies.name, topics.replies.partitions - 1)
     consumer = kafka.consumer(settings)
@@ -88,7 +87,7 @@ async def _command(stack, command: CommandEnvelope):
 
 
 async def _ends(stack, topic: str) -> dict[int, int]:
-    settings = settings_for(stack)
+    settings = stack.settings()
     consumer = kafka.consumer(settings)
     await consumer.start()
     try:
@@ -107,7 +106,7 @@ def _set_state(run_id: str, state: str, version: int | None, command_id: str) ->
 
 def test_kill_9_restores_the_snapshot_and_replays_only_the_tail(own_stack):
     stack = own_stack
-    topics = topics_for(settings_for(stack))
+    topics = topics_for(stack.settings())
     with httpx.Client(base_url=stack.api_url + "/api/v1", timeout=60) as api:
         project = api.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"}).json()
         flow = api.post("/flows", json={"name": f"f-{uuid.uuid4().hex[:8]}", "project_id": project["id"]}).json()
@@ -173,7 +172,7 @@ def test_the_store_reads_every_partitions_newest_snapshot_in_one_pass(own_stack)
     over an older one (several chunks), a chunk left last by a crash (its ``prev`` names the
     manifest), nothing, only chunks of a first snapshot never finished, and a manifest naming a
     chunk of another snapshot. Each partition gets its own answer."""
-    settings = settings_for(own_stack)
+    settings = own_stack.settings()
     topic = f"snapshots-{uuid.uuid4().hex[:8]}"
 
     async def scenario():
@@ -219,7 +218,7 @@ def test_a_broken_snapshot_in_one_partition_replays_that_one_while_the_others_re
     replay; partition 1 restores its snapshot; both books decide repeated and new commands as
     before."""
     stack = own_stack
-    settings = settings_for(stack)
+    settings = stack.settings()
     topics = topics_for(settings)
     partitioner = DefaultPartitioner()
     with httpx.Client(base_url=stack.api_url + "/api/v1", timeout=60) as api:
@@ -282,7 +281,7 @@ def test_an_unreadable_snapshot_falls_back_to_a_full_replay(own_stack):
     """Garbage as the newest record of a snapshot partition: logged, the partition replayed in
     full, the writer ready and deciding as before."""
     stack = own_stack
-    settings = settings_for(stack)
+    settings = stack.settings()
     topics = topics_for(settings)
 
     async def poison():

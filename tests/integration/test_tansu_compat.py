@@ -9,7 +9,6 @@ from aiokafka import TopicPartition
 
 from runledger.services.runtime import kafka, tansu_compat
 from tests.conftest import unique
-from tests.integration.helpers import settings_for
 
 
 async def _wait_until(predicate, timeout: float = 10.0) -> None:
@@ -20,7 +19,7 @@ async def _wait_until(predicate, timeout: float = 10.0) -> None:
 
 
 async def test_an_idle_consumer_fetches_with_the_idle_wait_and_returns_to_its_own_with_records(stack):
-    settings = settings_for(stack)
+    settings = stack.settings()
     assert settings.idle_fetch_max_wait_ms == 50 and settings.effective_fetch_max_wait_ms == 10
     topic = unique("idle-fetch")
     producer = kafka.producer(settings)

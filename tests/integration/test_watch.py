@@ -179,7 +179,6 @@ def test_lines_and_states_are_stored_in_record_time_order_whatever_topic_they_ca
     from runledger.services.devstack import Stack
     from runledger.services.runtime import kafka
     from runledger.services.runtime.logstore import LogStore, entry_view
-    from runledger.settings import Settings
     from runledger.topics import LOGS, topics_for
 
     run = str(uuid.uuid4())
@@ -200,7 +199,7 @@ def test_lines_and_states_are_stored_in_record_time_order_whatever_topic_they_ca
     stack = Stack(own_redis=True, partitions=2)
     try:
         stack.start(services=())  # the broker and Redis: the log service starts once the records are in
-        settings = Settings(kafka_bootstrap=f"127.0.0.1:{stack.broker_port}", embedded_broker=True, partitions=2)
+        settings = stack.settings()
         topics = topics_for(settings)
 
         async def produce() -> None:
