@@ -218,12 +218,10 @@ async def watch_delay(api: str, runs: list[str], seconds: float, rate: float) ->
             "max_ms": max(delays) if delays else float("nan"), "mean_ms": statistics.fmean(delays) if delays else float("nan")}
 
 
-async def consumer_only(stack: Stack, args, batch: int, redis) -> dict:
-    """Stop the log service, produce ``args.consumer_lines`` lines straight to the logs topic in
-    records of ``batch`` lines (one run each, as the ingress writes them), start the service again
-    and time it from the first stored line to the last."""
-    runs = [str(uuid.uuid4()) for _ in range(args.runs)]
-    stack.kill("logs", signal.SIGTERM)
+async def produce_direct(stack: Stack, runs: list[str], lines: int, batch: int, with_keys: bool) -> int:
+    """Produce ``lines`` lines (whole records only) straight to the logs topic in records of
+    ``batch`` lines, one run each, the runs in turn (as the ingress writes them); returns how many
+    lines that is. Also used by bench/logs_consumer.py."""
     settings = stack.settings()
     topic = topics_for(settings)[LOGS].name
     producer = kafka.producer(settings, linger_ms=5)
@@ -231,16 +229,25 @@ async def consumer_only(stack: Stack, args, batch: int, redis) -> dict:
     task_run = str(uuid.uuid4())
     try:
         futures = []
-        for n in range(args.consumer_lines // batch):
+        for n in range(lines // batch):
             run = runs[n % len(runs)]
-            lines = [record(run, task_run, n * batch + i) for i in range(batch)]
-            for line in lines:
+            body = [record(run, task_run, n * batch + i) for i in range(batch)]
+            for line in body:
                 del line["flow_run_id"]
-            futures.append(await producer.send(topic, direct_record(run, lines, not args.no_keys), key=run.encode()))
+            futures.append(await producer.send(topic, direct_record(run, body, with_keys), key=run.encode()))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    total = (args.consumer_lines // batch) * batch
+    return (lines // batch) * batch
+
+
+async def consumer_only(stack: Stack, args, batch: int, redis) -> dict:
+    """Stop the log service, produce ``args.consumer_lines`` lines straight to the logs topic in
+    records of ``batch`` lines (one run each, as the ingress writes them), start the service again
+    and time it from the first stored line to the last."""
+    runs = [str(uuid.uuid4()) for _ in range(args.runs)]
+    stack.kill("logs", signal.SIGTERM)
+    total = await produce_direct(stack, runs, args.consumer_lines, batch, not args.no_keys)
     stack.start_service("logs")
     spawned = time.monotonic()
     first = None

@@ -24,33 +24,15 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from bench.logs import direct_record, record, stored_lines
+from bench.logs import produce_direct, stored_lines
 from runledger.services.devstack import Stack
-from runledger.services.runtime import kafka
-from runledger.topics import LOGS, topics_for
 
 
 async def trial(stack: Stack, engine: str, batch: int, lines: int, runs_n: int, with_keys: bool, redis) -> dict:
     runs = [str(uuid.uuid4()) for _ in range(runs_n)]
     if "logs" in stack.processes:
         stack.kill("logs", signal.SIGTERM)
-    settings = stack.settings()
-    topic = topics_for(settings)[LOGS].name
-    producer = kafka.producer(settings, linger_ms=5)
-    await producer.start()
-    task_run = str(uuid.uuid4())
-    try:
-        futures = []
-        for n in range(lines // batch):
-            run = runs[n % len(runs)]
-            body = [record(run, task_run, n * batch + i) for i in range(batch)]
-            for line in body:
-                del line["flow_run_id"]
-            futures.append(await producer.send(topic, direct_record(run, body, with_keys), key=run.encode()))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    total = (lines // batch) * batch
+    total = await produce_direct(stack, runs, lines, batch, with_keys)
     load0 = os.getloadavg()[0]
     stack.start_service("logs", RUNLEDGER_LOGS_ENGINE=engine)
     spawned = time.monotonic()

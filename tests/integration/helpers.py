@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiokafka import TopicPartition
 
@@ -31,3 +32,16 @@ def events_in_log(stack) -> int:
 def all_events(stack) -> list:
     """Every event envelope in the events topic, each partition in offset order."""
     return [envelope for _, _, envelope in asyncio.run(read_events(stack))]
+
+
+def eventually(predicate, timeout: float = 30.0, *, interval: float = 0.1, what: str = "condition"):
+    """Call ``predicate`` every ``interval`` seconds until it returns something truthy and return
+    that; AssertionError (with the last value) once ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")

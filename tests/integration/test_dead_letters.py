@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 import uuid
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from runledger.messages.dead_letter import DeadLetter
 from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
 from runledger.topics import topics_for
-from tests.integration.helpers import all_events
+from tests.integration.helpers import all_events, eventually
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +61,6 @@ def _health(stack, name: str) -> dict:
         return json.loads(r.read())
 
 
-def _wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def _create_run(client: httpx.Client) -> dict:
     project = client.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"}).json()
     flow = client.post("/flows", json={"name": f"f-{uuid.uuid4().hex[:8]}", "project_id": project["id"]}).json()
@@ -95,14 +84,14 @@ def test_poison_messages_are_set_aside_and_every_consumer_goes_on(own_stack):
         for p in range(topics.replies.partitions):
             asyncio.run(_produce(own_stack, topics.replies.name, b'{"half": ', partition=p))
 
-        letters = _wait_for(lambda: (ls := asyncio.run(_dead_letters(own_stack))) and len(ls) >= 2 and ls)
+        letters = eventually(lambda: (ls := asyncio.run(_dead_letters(own_stack))) and len(ls) >= 2 and ls, timeout=20)
         by_stage = {(d.consumer, d.stage): d for d in letters}
         assert ("runledger-transitions", "decode") in by_stage
         assert by_stage[("runledger-transitions", "decode")].value.endswith("not json")
         assert ("runledger-projector", "project") in by_stage
         assert "no-such-run" in by_stage[("runledger-projector", "project")].value
-        assert _wait_for(lambda: _health(own_stack, "transitions")["dead_letters"] >= 1)
-        assert _wait_for(lambda: _health(own_stack, "projector")["dead_letters"] >= 1)
+        assert eventually(lambda: _health(own_stack, "transitions")["dead_letters"] >= 1, timeout=20)
+        assert eventually(lambda: _health(own_stack, "projector")["dead_letters"] >= 1, timeout=20)
 
         # Every consumer and the ingress's reply reader still work: a full write-then-read round trip.
         run = _create_run(client)

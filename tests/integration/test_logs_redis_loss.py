@@ -17,6 +17,7 @@ from runledger.messages.logs import LogChunk
 from runledger.services.devstack import Stack, wait_for_port
 from runledger.services.runtime import kafka as clients
 from runledger.topics import LOGS, topics_for
+from tests.integration.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -47,17 +48,6 @@ def _messages(client: httpx.Client, run_id: str) -> list[str] | None:
     return [line["message"] for line in r.json()["logs"]] if r.status_code == 200 else None
 
 
-def _eventually(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
-
-
 def test_lines_stored_before_redis_restarted_empty_come_back(own_stack):
     with httpx.Client(base_url=own_stack.api_url + "/api/v1", timeout=60) as client:
         project = client.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"}).json()
@@ -66,7 +56,7 @@ def test_lines_stored_before_redis_restarted_empty_come_back(own_stack):
         before = [f"before-{i}" for i in range(5)]
         r = client.post("/logs", json={"logs": [{"flow_run_id": run_id, "message": m} for m in before]})
         assert r.status_code == 200, r.text
-        _eventually(lambda: _messages(client, run_id) == before, what="lines stored")
+        eventually(lambda: _messages(client, run_id) == before, timeout=60, interval=0.2, what="lines stored")
 
         redis = own_stack.processes.pop("redis")
         argv = own_stack.launches["redis"][0]
@@ -78,6 +68,6 @@ def test_lines_stored_before_redis_restarted_empty_come_back(own_stack):
         wait_for_port(int(argv[argv.index("--port") + 1]))
 
         expected = sorted([*before, "during"])
-        got = _eventually(lambda: (m := _messages(client, run_id)) is not None and sorted(m) == expected and m, timeout=90,
-                          what=f"every line back after Redis restarted empty (last read: {_messages(client, run_id)})")
+        got = eventually(lambda: (m := _messages(client, run_id)) is not None and sorted(m) == expected and m, timeout=90, interval=0.2,
+                         what=f"every line back after Redis restarted empty (last read: {_messages(client, run_id)})")
         assert sorted(got) == expected

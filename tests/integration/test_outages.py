@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from runledger.services.devstack import Stack, wait_for_port
-from tests.integration.helpers import all_events
+from tests.integration.helpers import all_events, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -45,17 +45,6 @@ def _not_ready(stack) -> list:
     return [r for n in ("ingress", "transitions", "projector") if (r := _readiness(stack, n))[0] != 200]
 
 
-def _eventually(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
-
-
 def _setup(client: httpx.Client) -> str:
     project = client.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"}).json()
     flow = client.post("/flows", json={"name": f"f-{uuid.uuid4().hex[:8]}", "project_id": project["id"]})
@@ -74,9 +63,9 @@ def test_a_paused_broker_is_ridden_out(own_stack):
         broker = own_stack.processes["broker"]
         broker.send_signal(signal.SIGSTOP)
         try:
-            _eventually(lambda: _readiness(own_stack, "ingress")[0] == 503, what="ingress not ready")
+            eventually(lambda: _readiness(own_stack, "ingress")[0] == 503, what="ingress not ready")
             for name in ("transitions", "projector"):
-                status, details = _eventually(lambda: (r := _readiness(own_stack, name))[0] == 503 and r, what=f"{name} not ready")
+                status, details = eventually(lambda: (r := _readiness(own_stack, name))[0] == 503 and r, what=f"{name} not ready")
                 assert details["broker_error"], details
             started = time.monotonic()
             r = client.post("/flow_runs", json={"flow_id": flow_id, "idempotency_key": "during-pause"})
@@ -86,7 +75,7 @@ def test_a_paused_broker_is_ridden_out(own_stack):
             assert waited < COMMAND_TIMEOUT + 3, f"held {waited:.1f}s, past the command timeout"
         finally:
             broker.send_signal(signal.SIGCONT)
-        _eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
+        eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
         _all_alive(own_stack)
         # The caller retries with its key: one run, whether or not the first attempt was applied.
         r = client.post("/flow_runs", json={"flow_id": flow_id, "idempotency_key": "during-pause"})
@@ -108,8 +97,8 @@ def test_a_stopped_redis_is_ridden_out(own_stack):
         redis.send_signal(signal.SIGTERM)
         redis.wait(timeout=10)
         try:
-            _eventually(lambda: _readiness(own_stack, "ingress")[0] == 503, what="ingress not ready")
-            status, details = _eventually(lambda: (r := _readiness(own_stack, "projector"))[0] == 503 and r, what="projector not ready")
+            eventually(lambda: _readiness(own_stack, "ingress")[0] == 503, what="ingress not ready")
+            status, details = eventually(lambda: (r := _readiness(own_stack, "projector"))[0] == 503 and r, what="projector not ready")
             assert details["dependency_error"], details
             r = client.get("/projects")
             assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
@@ -119,10 +108,10 @@ def test_a_stopped_redis_is_ridden_out(own_stack):
             log = open(own_stack.workdir / "redis.restarted.log", "ab")
             own_stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             wait_for_port(port)
-        _eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
+        eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
         _all_alive(own_stack)
         # Redis came back empty (no persistence here): the read models are rebuilt from the log.
-        _eventually(lambda: client.get(f"/flow_runs/{before.json()['id']}").status_code == 200, what="read model rebuilt")
+        eventually(lambda: client.get(f"/flow_runs/{before.json()['id']}").status_code == 200, what="read model rebuilt")
         after = client.post("/flow_runs", json={"flow_id": flow_id})
         assert after.status_code == 201, after.text
         assert client.get(f"/flow_runs/{after.json()['id']}").json()["version"] == 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import urllib.request
 import uuid
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from runledger.services.devstack import Stack
 from runledger.services.runtime import kafka
 from runledger.services.transitions.snapshots import SnapshotStore, SnapshotUnavailable, pack, unpack
 from runledger.topics import SNAPSHOTS, topics_for
+from tests.integration.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +45,6 @@ def own_stack():
 def _health(stack) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.health_ports['transitions']}/healthz", timeout=2) as r:
         return json.loads(r.read())
-
-
-def _wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 async def _command(stack, command: CommandEnvelope):
@@ -123,7 +113,7 @@ def test_kill_9_restores_the_snapshot_and_replays_only_the_tail(own_stack):
 
         # every partition with events has a snapshot
         ends = asyncio.run(_ends(stack, topics.events.name))
-        books = _wait_for(lambda: (b := _health(stack)["books"]) and all(
+        books = eventually(lambda: (b := _health(stack)["books"]) and all(
             b[str(p)]["snapshot_position"] for p, end in ends.items() if end >= EVERY) and b)
         assert any(book["snapshot_position"] for book in books.values()), books
         snapped = {int(p): book["snapshot_position"] or 0 for p, book in books.items()}
@@ -239,7 +229,7 @@ def test_a_broken_snapshot_in_one_partition_replays_that_one_while_the_others_re
 
         # both partitions have a snapshot that covers all but the last few events
         ends = asyncio.run(_ends(stack, topics.events.name))
-        _wait_for(lambda: (b := _health(stack)["books"]) and all(
+        eventually(lambda: (b := _health(stack)["books"]) and all(
             b[str(p)]["snapshot_position"] and b[str(p)]["snapshot_position"] > ends[p] - EVERY for p in (0, 1)) and b, timeout=60)
 
         async def break_partition_0():
