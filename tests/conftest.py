@@ -28,7 +28,7 @@ def pytest_collection_finish(session):
     needs it: a cold install takes about half a minute, most of it waiting on pip. The
     ``prefect_env`` fixture calls ``ensure_venv`` again, which waits for this one (a file lock)
     and, should it have failed, installs again and raises the real error."""
-    if any(item.nodeid.startswith("tests/prefect/") for item in session.items):
+    if not session.config.option.collectonly and any(item.nodeid.startswith("tests/prefect/") for item in session.items):
         threading.Thread(target=_install_quietly, name="prefect-venv", daemon=True).start()
 
 
