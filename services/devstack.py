@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,9 +32,30 @@ ALL_SERVICES = ("transitions", "projector", "logs", "scheduling", "ingress")  # 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, for a process started next to bind. Drawn at random below the
+    kernel's ephemeral range: a port the kernel hands out (``bind`` to port 0) can be taken as the
+    local end of any outgoing connection before the process binds it (seen: an ingress failing
+    with "address already in use"); at random, so that parallel test workers rarely draw alike."""
+    first_ephemeral = _ephemeral_ports()[0]
+    if first_ephemeral > PORTS_FROM + 1000:
+        for _ in range(100):
+            port = random.randrange(PORTS_FROM, first_ephemeral)
+            if port_is_free(port):
+                return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PORTS_FROM = 20_000  # free_port's lower bound: above the well-known ports of local services
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; macOS and others use 49152-65535
 
 
 def port_is_free(port: int) -> bool:
