@@ -31,12 +31,15 @@ SERVICES = ("transitions", "projector", "logs", "ingress")  # what a test stack 
 ALL_SERVICES = ("transitions", "projector", "logs", "scheduling", "ingress")  # runledger dev: everything
 
 
+PORTS_FROM = 20_000  # free_port's lower bound: above the well-known ports of local services
+
+
 def free_port() -> int:
     """A port nothing listens on, for a process started next to bind. Drawn at random below the
     kernel's ephemeral range: a port the kernel hands out (``bind`` to port 0) can be taken as the
     local end of any outgoing connection before the process binds it (seen: an ingress failing
     with "address already in use"); at random, so that parallel test workers rarely draw alike."""
-    first_ephemeral = _ephemeral_ports()[0]
+    first_ephemeral = _first_ephemeral_port()
     if first_ephemeral > PORTS_FROM + 1000:
         for _ in range(100):
             port = random.randrange(PORTS_FROM, first_ephemeral)
@@ -47,15 +50,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-PORTS_FROM = 20_000  # free_port's lower bound: above the well-known ports of local services
-
-
-def _ephemeral_ports() -> tuple[int, int]:
+def _first_ephemeral_port() -> int:
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default; macOS and others use 49152-65535
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS and others start at 49152
 
 
 def port_is_free(port: int) -> bool:
