@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     )
     session_timeout_ms: int | None = Field(None, description="Default: 3000 on the embedded broker, 10000 otherwise.")
     idempotent_producer: bool | None = Field(None, description="Default: on for real Kafka, off for the embedded broker.")
+    # How long the broker keeps each topic's records (runledger.topics declares which topic takes
+    # which; the events topic, the system of record, keeps everything and is checked at start-up).
+    commands_retention_hours: float = Field(168.0, gt=0, description="Commands only wait for the writer: a week covers any outage.")
+    replies_retention_hours: float = Field(24.0, gt=0, description="A reply is read within the command timeout.")
+    dead_letters_retention_hours: float = Field(720.0, gt=0, description="Set-aside messages stay this long for an operator (30 days).")
+    logs_topic_retention_hours: float = Field(
+        504.0, ge=0,
+        description="How long the logs topic keeps lines (0 = forever). The log store can be rebuilt from the topic "
+        "within this window: keep it above logs_retention_days plus the longest run (default 21 days).",
+    )
 
     # Redis
     redis_url: str = Field(

@@ -41,6 +41,9 @@ LOG_STATES = ConsumerGroup("runledger-logs-states", "logs")  # RUNLEDGER_LOGS_EN
 SCHEDULING = ConsumerGroup("runledger-scheduling", "scheduling")  # events -> due queues, slots, timers
 
 
+KEEP_FOREVER = "forever"  # the system of record: never deleted, never compacted (checked at start-up)
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     suffix: str  # the topic is named ``{settings.topic_prefix}.{suffix}``
@@ -53,30 +56,44 @@ class TopicSpec:
     # where a record can be bigger (a log chunk of one line of up to ~1.1 MB: Prefect's 1 MB
     # message plus its info; a dead letter carries the record it sets aside).
     max_message_bytes: int | None = None
+    # How long the broker keeps records: KEEP_FOREVER, or the name of the Settings field giving
+    # hours (0 there = forever). A compacted topic keeps the newest record of each key instead.
+    retention: str | None = None
     doc: str = ""
 
-    def configs(self) -> dict[str, str]:
-        """Topic configs to create it with."""
-        out = {"cleanup.policy": "compact"} if self.compacted else {}
+    def configs(self, settings: Settings) -> dict[str, str]:
+        """The topic's configs: what it is created with, and what ``config_problems`` checks."""
+        out = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        hours = getattr(settings, self.retention) if self.retention not in (None, KEEP_FOREVER) else None
+        if self.retention == KEEP_FOREVER or hours == 0:
+            out["retention.ms"] = out["retention.bytes"] = "-1"  # also overrides a broker-wide size limit
+        elif hours is not None:
+            out["retention.ms"] = str(round(hours * 3_600_000))
+        if settings.replication_factor > 1:
+            # acks=all waits for the in-sync replicas only: with one left in sync, an acknowledged
+            # record would live on one broker. RF - 1 keeps writes going with one broker down.
+            out["min.insync.replicas"] = str(settings.replication_factor - 1)
         if self.max_message_bytes:
             out["max.message.bytes"] = str(self.max_message_bytes)
         return out
 
 
 COMMANDS = TopicSpec(
-    "commands", "aggregate", "aggregate id", CommandEnvelope, (TRANSITIONS,),
+    "commands", "aggregate", "aggregate id", CommandEnvelope, (TRANSITIONS,), retention="commands_retention_hours",
     doc="requests to the single writer; partitioned by aggregate id",
 )
 EVENTS = TopicSpec(
     "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR, LOG_TIMELINE, LOG_STATES, SCHEDULING),
+    retention=KEEP_FOREVER,
     doc="the system of record; the partition number of the command that caused each event",
 )
 REPLIES = TopicSpec(
-    "replies", "replies", "none (partition chosen by the caller's instance id)", Reply,
+    "replies", "replies", "none (partition chosen by the caller's instance id)", Reply, retention="replies_retention_hours",
     doc="the writer's verdicts; each ingress reads its own partition by manual assignment",
 )
 DEAD_LETTERS = TopicSpec(
     "dead-letters", "one", "source topic", DeadLetter, max_message_bytes=MAX_RECORD_BYTES,
+    retention="dead_letters_retention_hours",
     doc="messages a consumer could decode but not handle, with the error; set aside, never retried",
 )
 
@@ -88,6 +105,7 @@ SNAPSHOTS = TopicSpec(
 
 LOGS = TopicSpec(
     "logs", "aggregate", "flow-run id", LogChunk, (LOG_TIMELINE, LOG_STORE), max_message_bytes=MAX_RECORD_BYTES,
+    retention="logs_topic_retention_hours",
     doc="log lines of flow runs (write_run_logs); a run's lines in one partition, in order",
 )
 
@@ -123,3 +141,43 @@ class Topics:
 
 def topics_for(settings: Settings) -> Topics:
     return Topics(settings)
+
+
+@dataclass(frozen=True)
+class ConfigProblems:
+    refusals: list[str]  # the topic would lose records the system needs: do not run on it
+    warnings: list[str]  # it keeps less, or less safely, than declared: the operator's choice
+
+
+def config_problems(spec: TopicSpec, name: str, settings: Settings, found: dict[str, str]) -> ConfigProblems:
+    """Compare an existing topic's configs (``found``, as the broker describes them) with its
+    declaration. The system of record must keep every record: a time or size limit, or
+    compaction, on it is refused; other differences that keep less are warnings."""
+    wanted = spec.configs(settings)
+    refusals: list[str] = []
+    warnings: list[str] = []
+
+    def number(value: str | None) -> int | None:
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            return None
+
+    if spec.retention == KEEP_FOREVER:
+        for key in ("retention.ms", "retention.bytes"):
+            if found.get(key) != "-1":
+                refusals.append(f"topic {name}: {key} is {found.get(key, 'not reported')}, must be -1 "
+                                "(the system of record: the writer and every read model are rebuilt from it)")
+        if "compact" in found.get("cleanup.policy", ""):
+            refusals.append(f"topic {name}: cleanup.policy is {found['cleanup.policy']}, must be delete "
+                            "(compaction would drop all but the newest event of each run)")
+    elif "retention.ms" in wanted:
+        have, want = number(found.get("retention.ms")), int(wanted["retention.ms"])
+        if have is not None and have != -1 and (want == -1 or have < want):
+            warnings.append(f"topic {name}: retention.ms is {have}, settings ask for {want}")
+    if "min.insync.replicas" in wanted:
+        have = number(found.get("min.insync.replicas"))
+        if have is not None and have < int(wanted["min.insync.replicas"]):
+            warnings.append(f"topic {name}: min.insync.replicas is {have}, settings ask for "
+                            f"{wanted['min.insync.replicas']}: an acknowledged write may live on fewer brokers")
+    return ConfigProblems(refusals, warnings)

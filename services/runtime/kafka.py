@@ -11,10 +11,11 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from runledger.settings import Settings
-from runledger.topics import MAX_RECORD_BYTES, Topics, topics_for
+from runledger.topics import MAX_RECORD_BYTES, Topics, config_problems, topics_for
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ async def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
 
 
 async def ensure_topics(settings: Settings) -> Topics:
-    """Create the topics if missing; refuse to run when partition counts disagree."""
+    """Create the topics if missing, with their declared configs; refuse to run when partition
+    counts disagree or the system of record would lose records (``_check_configs``)."""
     prepare(settings)
     topics = topics_for(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
@@ -90,7 +92,7 @@ async def ensure_topics(settings: Settings) -> Topics:
                 t.name,
                 num_partitions=t.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs=t.spec.configs(),
+                topic_configs=t.spec.configs(settings),
             )
             for t in topics.all()
             if t.name not in existing
@@ -108,9 +110,36 @@ async def ensure_topics(settings: Settings) -> Topics:
                     f"topic {t.name} has {counts.get(t.name)} partitions, settings say {t.partitions}; "
                     "commands and events must have the same partition count"
                 )
+        await _check_configs(admin, topics, settings)
         return topics
     finally:
         await admin.close()
+
+
+async def _check_configs(admin: AIOKafkaAdminClient, topics: Topics, settings: Settings) -> None:
+    """Refuse to run on a topic that would lose records the system needs (``config_problems``);
+    log what keeps less than declared. Topics made before their declaration changed, or by an
+    operator, keep their own configs: this is where a difference shows."""
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t.name) for t in topics.all()])
+    found: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"]:
+                raise RuntimeError(f"cannot read the configs of topic {resource['resource_name']}: {resource['error_message']}")
+            found[resource["resource_name"]] = {
+                entry["config_names"]: entry["config_value"] for entry in resource["config_entries"]
+            }
+    refusals = []
+    for t in topics.all():
+        problems = config_problems(t.spec, t.name, settings, found.get(t.name, {}))
+        refusals += problems.refusals
+        for warning in problems.warnings:
+            log.warning(warning)
+    if refusals:
+        raise RuntimeError(
+            "; ".join(refusals) + ". Fix each with kafka-configs.sh --bootstrap-server HOST --alter --entity-type topics "
+            "--entity-name TOPIC --add-config KEY=VALUE, then start again."
+        )
 
 
 async def committed_offsets(settings: Settings, group_id: str, partitions: list) -> dict:
