@@ -47,7 +47,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from bench.measure import cpu_seconds
 from runledger.domain import snapshots
 from runledger.domain.ledger import Ledger
-from runledger.domain.snapshots import Captured, encode_aggregate
+from runledger.domain.aggregate_store import encode_aggregate
+from runledger.domain.snapshots import Captured
 from runledger.domain.states import State
 from runledger.messages import commands as c
 from runledger.messages.codec import decode_event, encode

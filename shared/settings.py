@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         "(stream.take batches; same store, dedup and saved positions). bench/README.md compares them."
     )
 
+    writer_hot_aggregates: int = Field(
+        2_000, ge=10,
+        description="Per writer partition: the most recently used aggregates kept as objects (~10 KB a run); the "
+        "others stay encoded (~1.6 KB a run) and are decoded when used again (~65 µs).",
+    )
+
     # Writer snapshots
     snapshots: bool = Field(True, description="Snapshot each writer partition's ledger, and restore from the latest on start.")
     snapshot_every_events: int = Field(10_000, ge=1, description="Snapshot a partition after this many new events...")

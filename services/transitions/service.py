@@ -45,12 +45,11 @@ RESTORE_DECODES = 2
 
 
 class PartitionBook:
-    def __init__(self, dedup_window: int, ledger: Ledger | None = None, position: int = 0) -> None:
-        self.ledger = ledger or Ledger(dedup_window)
+    def __init__(self, settings: Settings, ledger: Ledger | None = None, position: int = 0) -> None:
+        self.ledger = ledger or Ledger(settings.dedup_window, max_hot=settings.writer_hot_aggregates)
         self.next_event_offset = position
         self.snapshot_position = position  # the event offset the newest snapshot covers
         self.snapshot_time = asyncio.get_running_loop().time()
-        self.encoder: snapshots.SnapshotEncoder | None = None
         self.saving: asyncio.Task | None = None
         self.info: dict = {"restored_position": None, "replayed": 0, "snapshot_position": None}
 
@@ -101,9 +100,6 @@ class TransitionsService(ConsumerService):
                 await self._process(batch)
         if self.settings.snapshots:
             self._snapshot_when_due()
-        else:
-            for book in self.books.values():
-                book.ledger.touched.clear()  # nothing will encode them
 
     async def on_revoked(self, partitions: list[int]) -> None:
         async with self.lock:  # let an in-flight batch finish before ownership moves
@@ -150,7 +146,7 @@ class TransitionsService(ConsumerService):
                     "snapshot is ahead of the events log; replaying the partition in full",
                     partition=tp.partition, snapshot_position=book.next_event_offset, events_end=end[tp],
                 )
-                self.books[tp.partition] = book = PartitionBook(self.settings.dedup_window)
+                self.books[tp.partition] = book = PartitionBook(self.settings)
             self.reader.seek(tp, book.next_event_offset)
         remaining = {tp for tp in tps if self.books[tp.partition].next_event_offset < end[tp]}
         replayed = {tp.partition: 0 for tp in tps}
@@ -188,7 +184,7 @@ class TransitionsService(ConsumerService):
         none or it is unusable (logged: that partition is then replayed in full, never a crash
         loop). The snapshots are read in one pass (``SnapshotStore.load``) and decoded in threads,
         ``RESTORE_DECODES`` at a time."""
-        books = {p: PartitionBook(self.settings.dedup_window) for p in partitions}
+        books = {p: PartitionBook(self.settings) for p in partitions}
         if not self.settings.snapshots or not partitions:
             return books
         loop = asyncio.get_running_loop()
@@ -220,7 +216,7 @@ class TransitionsService(ConsumerService):
                     "snapshot unusable; replaying the partition in full", partition=p, error=f"{type(exc).__name__}: {exc}"[:500]
                 )
                 return
-            book = books[p] = PartitionBook(self.settings.dedup_window, ledger, position)
+            book = books[p] = PartitionBook(self.settings, ledger, position)
             book.info.update(restored_position=position, snapshot_position=position)
             self.log.info(
                 "snapshot restored",
@@ -241,7 +237,7 @@ class TransitionsService(ConsumerService):
     def _decode(self, stored: Stored):
         """Unpack and decode one snapshot (CPU: runs in a thread)."""
         raw = unpack(stored)
-        ledger, position = snapshots.decode(raw, self.settings.dedup_window)
+        ledger, position = snapshots.decode(raw, self.settings.dedup_window, self.settings.writer_hot_aggregates)
         if position != stored.position:
             raise snapshots.SnapshotError(f"manifest says position {stored.position}, snapshot {position}")
         # Counted from the header: ``len(ledger.verdicts())`` copies the whole window (~0.1 s at 1M events).
@@ -262,8 +258,7 @@ class TransitionsService(ConsumerService):
     async def _snapshot(self, partition: int, book: PartitionBook) -> None:
         loop = asyncio.get_running_loop()
         try:
-            if book.encoder is None:
-                book.encoder = snapshots.SnapshotEncoder(book.ledger)
+            store = book.ledger.aggregates
             # Re-encode what changed in slices, letting command batches run in between; then
             # capture at a batch boundary (the lock), where every event the ledger holds is acked.
             longest = 0.0  # the longest the command loop waited for us (lock held)
@@ -272,12 +267,12 @@ class TransitionsService(ConsumerService):
                     if self.books.get(partition) is not book:
                         return  # revoked meanwhile
                     started = loop.time()
-                    if book.encoder.pending <= REFRESH_SLICE:
-                        captured = book.encoder.capture(book.next_event_offset)
+                    if len(store.changed) <= REFRESH_SLICE:
+                        captured = snapshots.capture(book.ledger, book.next_event_offset)
                         stall = loop.time() - started
                         longest = max(longest, stall)
                         break
-                    book.encoder.refresh(REFRESH_SLICE)
+                    store.encode_changed(REFRESH_SLICE)
                     longest = max(longest, loop.time() - started)
                 await asyncio.sleep(0)
             book.snapshot_time = loop.time()

@@ -10,30 +10,17 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
 
-from runledger.domain.agents import AGENTS_AGGREGATE, Agents
+from runledger.domain.aggregate_store import AggregateStore, new_aggregate
 from runledger.domain.decisions import Accepted
 from runledger.domain.flow_run import FlowRun
-from runledger.domain.limits import LIMITS_AGGREGATE, ConcurrencyLimits
-from runledger.domain.registry import Registry
 from runledger.messages.commands import CommandEnvelope, Rejection
 from runledger.messages.events import EventEnvelope, VerdictRecorded
-from runledger.topics import REGISTRY_AGGREGATE
-
-Aggregate = FlowRun | Registry | ConcurrencyLimits | Agents
-
-# The aggregates that are one of a kind, by id; any other id is a flow run.
-SINGLETONS: dict[str, type] = {REGISTRY_AGGREGATE: Registry, LIMITS_AGGREGATE: ConcurrencyLimits, AGENTS_AGGREGATE: Agents}
-
-
-def new_aggregate(aggregate_id: str) -> Aggregate:
-    kind = SINGLETONS.get(aggregate_id)
-    return kind() if kind is not None else FlowRun(id=aggregate_id)
 
 
 @dataclass(frozen=True)
@@ -67,19 +54,20 @@ def decode_verdict(raw: bytes) -> Verdict:
 
 
 class Ledger:
-    def __init__(self, dedup_window: int = 200_000, new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> None:
-        self.aggregates: MutableMapping[str, Aggregate] = {}
+    def __init__(
+        self, dedup_window: int = 200_000, new_id: Callable[[], uuid.UUID] = uuid.uuid4, max_hot: int | None = None
+    ) -> None:
+        # Every change goes through ``self.aggregates[id] = agg``: the store re-encodes what changed.
+        self.aggregates = AggregateStore(max_hot=max_hot)
         # command id -> its verdict, encoded (a redelivery is rare; bytes are a fifth of the memory)
         self._verdicts: OrderedDict[str, bytes] = OrderedDict()
         self._dedup_window = dedup_window
         self._new_id = new_id
-        # Aggregates changed since a snapshot encoder last looked (it re-encodes only these).
-        self.touched: set[str] = set()
 
     @classmethod
     def restore(
         cls,
-        aggregates: MutableMapping[str, Aggregate],
+        aggregates: AggregateStore,
         verdicts: list[tuple[str, bytes]],
         dedup_window: int = 200_000,
         new_id: Callable[[], uuid.UUID] = uuid.uuid4,
@@ -113,7 +101,6 @@ class Ledger:
         agg.apply(envelope.payload)
         agg.seq = envelope.seq
         self.aggregates[envelope.aggregate_id] = agg
-        self.touched.add(envelope.aggregate_id)
         if isinstance(envelope.payload, VerdictRecorded):
             self._remember(envelope.causation_id, Verdict(envelope.payload.outcome, envelope.payload.rejection))
         elif envelope.outcome is not None:
@@ -166,6 +153,5 @@ class Ledger:
             envelopes.append(envelope)
         if envelopes:
             self.aggregates[command.aggregate_id] = agg
-            self.touched.add(command.aggregate_id)
             self._remember(command.command_id, verdict)  # a repeat, even in the same batch, is a duplicate
         return Answer(command.command_id, envelopes, verdict.outcome, verdict.rejection)

@@ -13,7 +13,7 @@ from runledger.domain.decisions import Accepted, Rejected
 from runledger.domain.flow_run import FlowRun
 from runledger.domain.ledger import Ledger
 from runledger.domain.registry import Registry, extended
-from runledger.domain.snapshots import decode_aggregate, encode_aggregate
+from runledger.domain.aggregate_store import decode_aggregate, encode_aggregate
 from runledger.messages import commands as c
 from runledger.messages import events as e
 from runledger.prefect.flows import SerializedFlowError, flow_definition, serialized_edges, serialized_tasks, task_id_for

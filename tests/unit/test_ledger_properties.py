@@ -160,8 +160,8 @@ def assert_same(ledger: Ledger, model: Model) -> None:
         assert run.task_run_by_key == expected.task_keys
 
 
-def run_operations(ops) -> Trace:
-    trace = Trace(Ledger(), Model())
+def run_operations(ops, max_hot: int | None = None) -> Trace:
+    trace = Trace(Ledger(max_hot=max_hot), Model())
     for run_id, tasks in RUNS.items():
         answer = trace.ledger.decide(envelope(run_id, c.CreateFlowRun(spec=spec(run_id, tasks)), f"create-{run_id}"), at(0))
         trace.log += answer.events
@@ -231,9 +231,10 @@ def run_operations(ops) -> Trace:
 
 # -- properties ----------------------------------------------------------------------------------
 @settings(max_examples=200, deadline=None)
-@given(operations)
-def test_every_verdict_and_state_matches_the_model_and_versions_never_repeat(ops):
-    trace = run_operations(ops)
+@given(operations, st.sampled_from([None, 1, 2]))
+def test_every_verdict_and_state_matches_the_model_and_versions_never_repeat(ops, max_hot):
+    """Also with at most ``max_hot`` runs kept as objects: the others are decoded again when used."""
+    trace = run_operations(ops, max_hot)
     for run_id in RUNS:
         events = [env for env in trace.log if env.aggregate_id == run_id]
         assert [env.seq for env in events] == list(range(1, len(events) + 1))

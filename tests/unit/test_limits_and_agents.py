@@ -191,7 +191,7 @@ def test_limits_and_agents_survive_a_restart_from_snapshot_and_tail(cut):
 def test_a_snapshot_with_an_unreadable_limits_aggregate_is_refused():
     ledger = Ledger()
     ledger.decide(envelope(LIMITS_AGGREGATE, c.SetConcurrencyLimit(kind="label", name="gpu", limit=2)), T0)
-    captured = snapshots.SnapshotEncoder(ledger).capture(1)
+    captured = snapshots.capture(ledger, 1)
     broken = [(k, v.replace(b'"limit":2', b'"limit":"two"')) for k, v in captured.aggregates]
     assert broken != captured.aggregates
     raw = snapshots.Captured(1, broken, captured.verdicts).to_bytes()  # a valid frame, a bad aggregate
