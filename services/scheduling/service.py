@@ -62,16 +62,31 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
+WRITE_CHUNK_RUNS = 1000
+
+
 class PartitionState:
     def __init__(self, end: int) -> None:
         self.runs: dict[str, RunFacts] = {}
         self.active: set[str] = set()  # runs recovery looks at
         self.end_at_assign = end
         self.position = 0
+        # Runs whose facts changed and whose Redis keys are not written yet. Cleared only by a
+        # write that succeeded, so a batch retried after a Redis error (its events already
+        # applied) still writes them. While the partition is replayed from the start they wait
+        # until it reaches ``end_at_assign``: written batch by batch, a run would show in Redis
+        # as it was in the past (a finished run due again, a slot held again) until its later
+        # events.
+        self.unwritten: set[str] = set()
+
+    @property
+    def replayed(self) -> bool:
+        return self.position >= self.end_at_assign
 
     @property
     def caught_up(self) -> bool:
-        return self.position >= self.end_at_assign
+        """Replayed, and what the replay changed written to Redis."""
+        return self.replayed and not self.unwritten
 
 
 class Registry:
@@ -209,7 +224,6 @@ class SchedulingService(ConsumerService):
         if not batch:
             return
         async with self.lock:
-            touched: dict[str, tuple[PartitionState, RunFacts]] = {}
             for tp, records in batch.items():
                 part = self.parts.get(tp.partition)
                 if part is None:
@@ -231,12 +245,22 @@ class SchedulingService(ConsumerService):
                     if run is None:
                         run = part.runs[env.aggregate_id] = RunFacts(env.aggregate_id)
                     run.apply(env.payload, env.time)
-                    touched[run.id] = (part, run)
-            if touched:
-                await self._write(touched.values())
+                    part.unwritten.add(run.id)
+            due = [part for part in self.parts.values() if part.replayed and part.unwritten]
+            if due:
+                await self._write([(part, part.runs[run_id]) for part in due for run_id in part.unwritten])
+                for part in due:
+                    part.unwritten.clear()
             self.handled += sum(len(r) for r in batch.values())
 
-    async def _write(self, runs) -> None:
+    async def _write(self, runs: list[tuple[PartitionState, RunFacts]]) -> None:
+        """Write the runs' scheduling keys, one Redis transaction per ``WRITE_CHUNK_RUNS`` runs
+        (each run's keys in one), so a replay's or a lost Redis's rewrite of a whole partition
+        does not queue one enormous transaction."""
+        for start in range(0, len(runs), WRITE_CHUNK_RUNS):
+            await self._write_chunk(runs[start : start + WRITE_CHUNK_RUNS])
+
+    async def _write_chunk(self, runs: list[tuple[PartitionState, RunFacts]]) -> None:
         k = self.store.k
         emptied: set[str] = set()
         async with self.redis.pipeline(transaction=True) as pipe:
