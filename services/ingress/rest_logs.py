@@ -88,7 +88,7 @@ class LogsContext:
 
     async def close(self) -> None:
         for feed in list(self.feeds.values()):
-            feed.task.cancel()
+            feed.close()
         if self.producer is not None:
             await self.producer.stop()
         await self.redis.aclose()
@@ -372,6 +372,7 @@ class RunFeed:
         self.started = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.last = "0-0"
+        self.closed = False  # a cancel can be lost (runtime/tasks.py): the loop also checks this
 
     async def start(self) -> None:
         self.last = await self.ctx.store.last_timeline_id(self.run_id)
@@ -388,13 +389,17 @@ class RunFeed:
         self.queues.discard(queue)
         if not self.queues and self.ctx.feeds.get(self.run_id) is self:
             del self.ctx.feeds[self.run_id]
-            if self.task is not None:
-                self.task.cancel()
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
 
     async def _follow(self) -> None:
         key = self.ctx.store.timeline_key(self.run_id)
         try:
-            while True:
+            while not self.closed:
                 try:
                     reply = await self.redis.xread({key: self.last}, count=1000, block=self.BLOCK_MS)
                 except asyncio.CancelledError:

@@ -19,6 +19,7 @@ from runledger.services.ingress.errors import WITH_BODY, documented
 
 from runledger.services.ingress.scheduling import SchedulingFrontend, SchedulingUnavailable
 from runledger.services.runtime.scheduling_gate import SchedulingGate, current_agent_id
+from runledger.services.runtime.tasks import stop_tasks
 from runledger.services.runtime.scheduling_store import SchedulingStore
 
 router = APIRouter(prefix="/api/v1", default_response_class=ORJSONResponse)
@@ -190,7 +191,6 @@ def install(app: FastAPI) -> None:
             try:
                 yield state
             finally:
-                upgrade.cancel()
-                await asyncio.gather(upgrade, return_exceptions=True)
+                await stop_tasks(upgrade)
 
     app.router.lifespan_context = lifespan

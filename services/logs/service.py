@@ -41,6 +41,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from redis.exceptions import NoScriptError, ResponseError
 
 from runledger.services.runtime import redis as redis_clients
+from runledger.services.runtime.tasks import stop_tasks
 from runledger.domain.states import StateType, is_finished
 from runledger.messages.logs import LogChunk
 from runledger.services.runtime.consumer import ConsumerService
@@ -247,8 +248,7 @@ class LogService:
         try:
             await self.timelines.run()
         finally:
-            ends.cancel()
-            await asyncio.gather(ends, return_exceptions=True)
+            await stop_tasks(ends)
             await self.redis.aclose()
 
     async def send_ends(self) -> None:

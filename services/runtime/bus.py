@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from runledger.services.runtime import kafka as clients
 from runledger.services.runtime import redis as redis_clients
+from runledger.services.runtime.tasks import stop_tasks
 from runledger.messages.codec import decode_reply, encode
 from runledger.messages.commands import CommandEnvelope, Reply, ReplyTo
 from runledger.readmodel.keys import Keys
@@ -52,9 +53,7 @@ class ProjectionTracker:
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(*self._tasks)
         await self.pubsub.aclose()
 
     async def wait(self, partition: int, offset: int, timeout: float) -> None:
@@ -152,8 +151,7 @@ class CommandBus:
 
     async def stop(self) -> None:
         self.ready = False
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
+        await stop_tasks(self._reader)
         await self.probe.stop()
         await self.tracker.stop()
         await asyncio.gather(self.producer.stop(), self.replies.stop())

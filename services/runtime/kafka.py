@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from runledger.services.runtime.tasks import stop_tasks
 from runledger.settings import Settings
 from runledger.topics import MAX_RECORD_BYTES, Topics, config_problems, topics_for
 
@@ -169,9 +170,7 @@ class BrokerProbe:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_tasks(self._task)
 
     async def _run(self) -> None:
         while True:

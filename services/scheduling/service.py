@@ -38,6 +38,7 @@ from runledger.messages.codec import decode_event
 from runledger.messages.models import FlowDefinition
 from runledger.readmodel.keys import Keys
 from runledger.services.runtime import redis as redis_clients
+from runledger.services.runtime.tasks import stop_tasks
 from runledger.services.runtime.bus import CommandBus
 from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.kafka import consumer as kafka_consumer
@@ -193,9 +194,7 @@ class SchedulingService(ConsumerService):
         self._tasks = [asyncio.create_task(self._follow_registry()), asyncio.create_task(self._timers())]
 
     async def stop_resources(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(*self._tasks)
         await self.registry_reader.stop()
         await self.bus.stop()
         await self.redis.aclose()

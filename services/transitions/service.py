@@ -27,6 +27,7 @@ from runledger.messages.commands import Rejection, Reply
 from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.kafka import consumer as kafka_consumer
 from runledger.services.runtime.process import run_until_stopped
+from runledger.services.runtime.tasks import stop_tasks
 from runledger.services.transitions.snapshots import SnapshotStore, Stored, pack, unpack
 from runledger.settings import Settings
 from runledger.topics import SNAPSHOTS, TRANSITIONS
@@ -82,12 +83,7 @@ class TransitionsService(ConsumerService):
             self.early = asyncio.create_task(self._restore(list(range(self.topics.events.partitions))))
 
     async def stop_resources(self) -> None:
-        if self.early is not None:
-            self.early.cancel()
-            await asyncio.gather(self.early, return_exceptions=True)
-        for book in self.books.values():
-            if book.saving is not None:
-                book.saving.cancel()
+        await stop_tasks(self.early, *(book.saving for book in self.books.values()))
         await self.reader.stop()
         await self.snapshot_reader.stop()
 
