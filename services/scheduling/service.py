@@ -63,11 +63,24 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
+def _holds(marker: bytes | None, position: int | None) -> bool:
+    """Whether a ``written:<p>`` marker says Redis holds what we wrote up to ``position``."""
+    try:
+        return marker is not None and position is not None and int(marker) == position
+    except ValueError:
+        return False
+
+
 WRITE_CHUNK_RUNS = 1000
+# ``written:<p>`` moves from the position last written to the new one only if it still holds the
+# former: a Redis that came back older (an earlier RDB or AOF, a lagging replica) or empty keeps
+# the difference, and the next timer pass writes the whole partition again.
+ADVANCE_WRITTEN = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end"
 
 
 class PartitionState:
-    def __init__(self, end: int) -> None:
+    def __init__(self, partition: int, end: int) -> None:
+        self.partition = partition
         self.runs: dict[str, RunFacts] = {}
         self.active: set[str] = set()  # runs recovery looks at
         self.end_at_assign = end
@@ -79,6 +92,9 @@ class PartitionState:
         # as it was in the past (a finished run due again, a slot held again) until its later
         # events.
         self.unwritten: set[str] = set()
+        # The position Redis holds our keys for (``written:<p>``, set with them); None until the
+        # partition's runs have all been written once.
+        self.written: int | None = None
 
     @property
     def replayed(self) -> bool:
@@ -206,7 +222,7 @@ class SchedulingService(ConsumerService):
             ends = await self.consumer.end_offsets(tps) if tps else {}
             for tp in tps:
                 if tp.partition not in self.parts:  # new to us: rebuild its facts from the start
-                    self.parts[tp.partition] = PartitionState(ends[tp])
+                    self.parts[tp.partition] = PartitionState(tp.partition, ends[tp])
                     self.consumer.seek(tp, 0)
             for p in list(self.parts):
                 if p not in partitions:
@@ -247,19 +263,27 @@ class SchedulingService(ConsumerService):
                     part.unwritten.add(run.id)
             due = [part for part in self.parts.values() if part.replayed and part.unwritten]
             if due:
-                await self._write([(part, part.runs[run_id]) for part in due for run_id in part.unwritten])
+                # A replay's first write holds every run of its partition: the whole of it.
+                await self._write([(part, part.runs[run_id]) for part in due for run_id in part.unwritten],
+                                  [part for part in due if part.written is None])
                 for part in due:
                     part.unwritten.clear()
             self.handled += sum(len(r) for r in batch.values())
 
-    async def _write(self, runs: list[tuple[PartitionState, RunFacts]]) -> None:
+    async def _write(self, runs: list[tuple[PartitionState, RunFacts]], whole: list[PartitionState] = ()) -> None:
         """Write the runs' scheduling keys, one Redis transaction per ``WRITE_CHUNK_RUNS`` runs
         (each run's keys in one), so a replay's or a lost Redis's rewrite of a whole partition
-        does not queue one enormous transaction."""
-        for start in range(0, len(runs), WRITE_CHUNK_RUNS):
-            await self._write_chunk(runs[start : start + WRITE_CHUNK_RUNS])
+        does not queue one enormous transaction. The last one also records each partition's
+        position in ``written:<p>``: set outright for the partitions in ``whole`` (all their runs
+        were written), else moved on from the position last written (``ADVANCE_WRITTEN``)."""
+        parts = {id(part): part for part, _ in runs} | {id(part): part for part in whole}
+        chunks = [runs[start : start + WRITE_CHUNK_RUNS] for start in range(0, len(runs), WRITE_CHUNK_RUNS)] or [[]]
+        for n, chunk in enumerate(chunks):
+            await self._write_chunk(chunk, list(parts.values()) if n == len(chunks) - 1 else [], whole)
+        for part in parts.values():
+            part.written = part.position
 
-    async def _write_chunk(self, runs: list[tuple[PartitionState, RunFacts]]) -> None:
+    async def _write_chunk(self, runs: list[tuple[PartitionState, RunFacts]], stamp: list[PartitionState], whole) -> None:
         k = self.store.k
         emptied: set[str] = set()
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -309,6 +333,11 @@ class SchedulingService(ConsumerService):
                 if is_finished(run.state):
                     pipe.hdel(k.heartbeats, run.id)
                     pipe.hdel(k.heartbeats_logged, run.id)
+            for part in stamp:
+                if part in whole:
+                    pipe.set(k.written(part.partition), part.position)
+                elif part.written is not None:
+                    pipe.eval(ADVANCE_WRITTEN, 1, k.written(part.partition), part.written, part.position)
             await pipe.execute()
         for lsid in emptied:
             await self.store.drop_empty(keys=[k.labelsets, k.due(lsid)], args=[lsid])
@@ -350,20 +379,20 @@ class SchedulingService(ConsumerService):
                 self.log.warning("timer pass failed", error=repr(exc)[:300])
 
     async def rewrite_what_redis_lost(self) -> None:
-        """Redis lost its data (a restart without persistence, a failover, FLUSHALL): write every run
-        of each partition we own again. What Redis holds for scheduling is derived from our facts,
-        which come from the log, so slot holders and due queues are whole again and never drift."""
+        """Redis lost its data, or came back older (a restart without persistence or from an
+        earlier RDB or AOF, a failover to a lagging replica, FLUSHALL): ``written:<p>`` is missing
+        or is not the position we last wrote. Write every run of that partition again. What Redis
+        holds for scheduling is derived from our facts, which come from the log, so slot holders
+        and due queues are whole again and never drift."""
         async with self.lock:
             owned = sorted(p for p, part in self.parts.items() if part.caught_up)
             if not owned:
                 return
             markers = await self.redis.mget([self.store.k.written(p) for p in owned])
-            lost = [p for p, marker in zip(owned, markers) if marker is None]
+            lost = [p for p, marker in zip(owned, markers) if not _holds(marker, self.parts[p].written)]
             for p in lost:
                 part = self.parts[p]
-                if part.runs:
-                    await self._write([(part, run) for run in part.runs.values()])
-                await self.redis.set(self.store.k.written(p), "1")
+                await self._write([(part, run) for run in part.runs.values()], [part])
             if lost:
                 self.log.info("scheduling keys written again", partitions=lost, runs=sum(len(self.parts[p].runs) for p in lost))
 

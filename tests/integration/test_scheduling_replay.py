@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -19,6 +20,7 @@ from runledger.services.devstack import Stack, wait_for_port
 from runledger.services.runtime import kafka
 from runledger.services.runtime.scheduling_store import SchedKeys
 from runledger.topics import topics_for
+from tests.integration.helpers import eventually
 
 TEMPLATES = 64
 COPIES = 30  # 1,920 finished runs, ~21,500 events: several of the service's fetches
@@ -94,45 +96,78 @@ async def _produce(settings, records: list[tuple[bytes, bytes]]) -> None:
         await producer.stop()
 
 
-def test_what_a_batch_changed_is_written_when_redis_comes_back_with_its_data(stack):
-    """Redis restarts with its data (AOF or RDB, as in production) while a run finishes: the
-    batch is retried with its events already applied, and the run must still leave its slot."""
-    keys = SchedKeys(stack.settings().redis_prefix)
-    template = template_runs(2)[1]  # run, Submitted, Running, its task runs, Success
-    suffix = b"%012x" % (10**9 + int(time.time()))
-    run_key = template[0].replace(b"aaaaaaaaaaaa", suffix)
-    events = [e.replace(b"aaaaaaaaaaaa", suffix) for e in template[1]]
-    run_id = run_key.decode()
-    redis = stack.redis_client()
-    asyncio.run(_produce(stack.settings(), [(run_key, e) for e in events[:-1]]))
-    slot = keys.occ("label", "etl")
-    deadline = time.monotonic() + 30
-    while not redis.sismember(slot, run_id):
-        assert time.monotonic() < deadline, "the running run never took its slot"
-        time.sleep(0.05)
+class OneRun:
+    """A run of the bench's templates with an id of its own: created, Submitted, Running (holding
+    its labels' slots), its task runs done, then Success, as events produced straight to the log."""
 
-    markers = [keys.written(p) for p in range(stack.partitions)]
-    while not all(redis.get(m) for m in markers):  # else the service would write everything again anyway
-        assert time.monotonic() < deadline, "the service never marked its keys written"
-        time.sleep(0.05)
+    def __init__(self, stack) -> None:
+        template = template_runs(2)[1]
+        suffix = uuid.uuid4().hex[:12].encode()
+        self.stack, self.key = stack, template[0].replace(b"aaaaaaaaaaaa", suffix)
+        self.events = [e.replace(b"aaaaaaaaaaaa", suffix) for e in template[1]]
+        self.id = self.key.decode()
+        self.keys = SchedKeys(stack.settings().redis_prefix)
+        self.slot = self.keys.occ("label", "etl")
 
+    def run(self) -> None:
+        asyncio.run(_produce(self.stack.settings(), [(self.key, e) for e in self.events[:-1]]))
+
+    def finish(self) -> None:
+        asyncio.run(_produce(self.stack.settings(), [(self.key, self.events[-1])]))
+
+    def holds_slot(self) -> bool:
+        return bool(self.stack.redis_client().sismember(self.slot, self.id))
+
+    def markers(self) -> list:
+        redis = self.stack.redis_client()
+        return [redis.get(self.keys.written(p)) for p in range(self.stack.partitions)]
+
+
+def _restart_redis_from_its_last_save(stack, meanwhile=lambda: None) -> None:
+    """SIGKILL Redis, run ``meanwhile``, start it again: it loads what it last saved."""
     process = stack.processes.pop("redis")
     argv = process.args
-    port = int(argv[argv.index("--port") + 1])
-    redis.save()  # what a restarted Redis with persistence comes back with
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     try:
-        asyncio.run(_produce(stack.settings(), [(run_key, events[-1])]))  # Success, while Redis is gone
-        time.sleep(1.5)  # the service applies it and fails to write it, at least once
+        meanwhile()
     finally:
         log = open(stack.workdir / "redis.restarted.log", "ab")
         stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=stack.workdir)
-        wait_for_port(port)
-    redis = stack.redis_client()
-    assert redis.sismember(slot, run_id) and all(redis.get(m) for m in markers)  # the data came back
-    deadline = time.monotonic() + 30
-    while redis.sismember(slot, run_id):
-        assert time.monotonic() < deadline, "the finished run still holds its slot"
-        time.sleep(0.05)
-    assert b'"state":"Success"' in redis.get(keys.run(run_id))
+        wait_for_port(int(argv[argv.index("--port") + 1]))
+
+
+def test_what_a_batch_changed_is_written_when_redis_comes_back_with_its_data(stack):
+    """Redis restarts with its data (AOF or RDB, as in production) while a run finishes: the
+    batch is retried with its events already applied, and the run must still leave its slot."""
+    run = OneRun(stack)
+    run.run()
+    eventually(run.holds_slot, what="the running run holding its slot")
+    eventually(lambda: all(run.markers()), what="keys marked written")  # else all is written again anyway
+    stack.redis_client().save()
+
+    def finish_while_redis_is_gone():
+        run.finish()
+        time.sleep(1.5)  # the service applies it and fails to write it, at least once
+
+    _restart_redis_from_its_last_save(stack, finish_while_redis_is_gone)
+    assert run.holds_slot() and all(run.markers())  # the data came back
+    eventually(lambda: not run.holds_slot(), what="the finished run leaving its slot")
+    assert b'"state":"Success"' in stack.redis_client().get(run.keys.run(run.id))
+
+
+def test_a_redis_that_comes_back_older_is_written_again(stack):
+    """Redis restarts from a save made before a run finished (an RDB or AOF behind its last
+    writes, a failover to a lagging replica): the service sees that Redis is behind what it wrote
+    and writes its partitions again, so the finished run does not get its slot back."""
+    run = OneRun(stack)
+    run.run()
+    eventually(run.holds_slot, what="the running run holding its slot")
+    eventually(lambda: all(run.markers()), what="keys marked written")
+    stack.redis_client().save()  # Redis as it will come back: the run holds its slot
+    run.finish()
+    eventually(lambda: not run.holds_slot(), what="the finished run leaving its slot")
+    _restart_redis_from_its_last_save(stack)
+    assert run.holds_slot()  # came back older
+    eventually(lambda: not run.holds_slot(), what="the finished run leaving its slot again")
+    assert b'"state":"Success"' in stack.redis_client().get(run.keys.run(run.id))
