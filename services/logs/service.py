@@ -41,6 +41,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from redis.exceptions import NoScriptError, ResponseError
 
 from runledger.services.runtime import redis as redis_clients
+from runledger.services.runtime.redis import OUTAGE_ERRORS
 from runledger.services.runtime.tasks import stop_tasks
 from runledger.domain.states import StateType, is_finished
 from runledger.messages.logs import LogChunk
@@ -143,10 +144,14 @@ class RunTimelines(ConsumerService):
         except NoScriptError:  # Redis restarted (or flushed scripts): load them and redo; writes are idempotent
             await self.store.ensure_scripts()
             await self._execute(batch, queued)
+        except OUTAGE_ERRORS:  # read-only, full: Redis's trouble, not a record's (ridden out by the caller)
+            raise
         except ResponseError:  # one bad record: find it, set it aside, apply the rest
             for record, item in queued:
                 try:
                     await self._execute({}, [(record, item)])
+                except OUTAGE_ERRORS:
+                    raise
                 except ResponseError as exc:
                     await self.dead_letter(record, "store", exc)
             await self._execute(batch, [])

@@ -13,7 +13,7 @@ from typing import Any
 import redis as redis_sync
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ClusterDownError, MasterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -21,8 +21,12 @@ from runledger.settings import Settings
 
 AsyncRedis = aioredis.Redis | RedisCluster
 
-# Redis is down, restarting, failing over or out of connections: wait and retry, never crash.
-OUTAGE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
+# Redis is down, restarting, failing over, out of connections, read-only (a replica, mid-failover)
+# or full (maxmemory with noeviction): wait and retry, never crash, and never take it for a bad
+# record (the last three are ResponseErrors, as a script's error about one record is).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, ReadOnlyError, OutOfMemoryError, MasterDownError,
+)
 
 
 def is_cluster(client: Any) -> bool:

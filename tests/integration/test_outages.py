@@ -115,3 +115,33 @@ def test_a_stopped_redis_is_ridden_out(own_stack):
         after = client.post("/flow_runs", json={"flow_id": flow_id})
         assert after.status_code == 201, after.text
         assert client.get(f"/flow_runs/{after.json()['id']}").json()["version"] == 1
+
+
+def test_a_full_redis_is_ridden_out_and_no_log_line_is_set_aside(own_stack):
+    """Redis at maxmemory with noeviction refuses writes with an error reply (OOM), as a read-only
+    replica does (READONLY): Redis's trouble, not the records'. The log service pauses and says
+    why, sets nothing aside, and stores every line once Redis has room again."""
+    redis = own_stack.redis_client()
+    with httpx.Client(base_url=own_stack.api_url + "/api/v1", timeout=30) as client:
+        flow_id = _setup(client)
+        run_id = client.post("/flow_runs", json={"flow_id": flow_id}).json()["id"]
+        dead_before = _readiness(own_stack, "logs")[1]["dead_letters"]
+        policy = redis.config_get("maxmemory-policy")["maxmemory-policy"]
+        redis.config_set("maxmemory-policy", "noeviction")
+        redis.config_set("maxmemory", 1)
+        try:
+            lines = [{"flow_run_id": run_id, "message": f"while full {n}", "level": "INFO"} for n in range(20)]
+            r = client.post("/logs", json={"logs": lines})
+            assert r.status_code == 200, r.text  # acknowledged once in Kafka
+            status, details = eventually(lambda: (r := _readiness(own_stack, "logs"))[0] == 503 and r, what="log service not ready")
+            assert "OutOfMemoryError" in details["dependency_error"], details
+            time.sleep(1)
+            _all_alive(own_stack)
+        finally:
+            redis.config_set("maxmemory", 0)
+            redis.config_set("maxmemory-policy", policy)
+        messages = lambda: [line["message"] for line in client.get(f"/flow_runs/{run_id}/logs").json()["logs"]]  # noqa: E731
+        eventually(lambda: len(messages()) >= 20, what="the lines stored")
+        assert messages() == [f"while full {n}" for n in range(20)]
+        assert _readiness(own_stack, "logs")[1]["dead_letters"] == dead_before
+        eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
