@@ -34,6 +34,9 @@ class ConsumerService:
     # aiokafka's default. A service reading co-partitioned topics together takes
     # RangePartitionAssignor: partition p of each of them goes to the same member.
     assignors: tuple = (RoundRobinPartitionAssignor,)
+    # Whether a batch whose handling met a dependency outage is handled again in this process
+    # (``_handle_riding_out_outages``). Only for a ``handle`` that can run twice on one batch.
+    retries_batches: bool = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -108,6 +111,8 @@ class ConsumerService:
 
     async def _handle_riding_out_outages(self, batch: dict) -> None:
         """Nothing is committed until ``handle`` returns, so retrying the same batch is safe."""
+        if not self.retries_batches:
+            return await self.handle(batch)  # a failure ends the process; the batch is redelivered
         delay = 0.1
         while True:
             try:

@@ -58,6 +58,10 @@ class PartitionBook:
 class TransitionsService(ConsumerService):
     group = TRANSITIONS
     max_records = 1000
+    # The ledger decides and remembers each command before its events are acknowledged: handled
+    # again in this process, a batch would be answered "duplicate" with no events. A failure ends
+    # the process instead, and the restart rebuilds the ledger from the log.
+    retries_batches = False
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
