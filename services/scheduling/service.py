@@ -224,6 +224,8 @@ class SchedulingService(ConsumerService):
                 if tp.partition not in self.parts:  # new to us: rebuild its facts from the start
                     self.parts[tp.partition] = PartitionState(tp.partition, ends[tp])
                     self.consumer.seek(tp, 0)
+                    # Its previous owner may not have removed every run of a stopped schedule.
+                    self.stopped_flows.update(f for f in self.registry.flows if not self.registry.schedule_active(f))
             for p in list(self.parts):
                 if p not in partitions:
                     del self.parts[p]
@@ -345,19 +347,26 @@ class SchedulingService(ConsumerService):
     # -- the registry ----------------------------------------------------------------------------------
     async def _follow_registry(self) -> None:
         while True:
-            batch = await self.registry_reader.getmany(self.registry_tp, timeout_ms=500, max_records=2000)
+            try:
+                batch = await self.registry_reader.getmany(self.registry_tp, timeout_ms=500, max_records=2000)
+            except Exception as exc:  # never let the registry go stale behind a dead task: retry
+                self.log.warning("registry read failed", error=repr(exc)[:300])
+                await asyncio.sleep(1)
+                continue
             for record in batch.get(self.registry_tp, []):
                 self.registry_position = record.offset + 1
                 if record.key != REGISTRY_AGGREGATE.encode():
                     continue
                 try:
                     env = decode_event(record.value)
-                except (ValidationError, ValueError):
-                    continue  # the group consumer of that partition sets it aside
-                if env.seq <= self.registry.seq:
+                    if env.seq <= self.registry.seq:
+                        continue
+                    stopped = self.registry.apply(env.payload)
+                except Exception as exc:  # the group consumer of that partition sets it aside
+                    self.log.warning("registry event skipped", offset=record.offset, error=repr(exc)[:300])
                     continue
                 self.registry.seq = env.seq
-                self.stopped_flows.update(self.registry.apply(env.payload))
+                self.stopped_flows.update(stopped)
 
     # -- timers ------------------------------------------------------------------------------------------
     async def _timers(self) -> None:
@@ -457,7 +466,14 @@ class SchedulingService(ConsumerService):
                 and (run.state_start_time or run.scheduled_start_time or now) > now
             ]
         state = State(type=S.CANCELLED, message="Removed: its flow's schedule stopped (archived or set inactive).")
-        await asyncio.gather(*(self.bus.send(r.id, c.SetFlowRunState(state=state, version=r.version)) for r in victims), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.bus.send(r.id, c.SetFlowRunState(state=state, version=r.version)) for r in victims), return_exceptions=True
+        )
+        # A refusal means the run moved on (an agent claimed it): done. No answer: try again next pass.
+        unanswered = {run.flow_id for run, result in zip(victims, results) if isinstance(result, Exception)}
+        if unanswered:
+            self.log.warning("schedule stop unanswered; trying again", flows=sorted(unanswered))
+            self.stopped_flows |= unanswered
 
 
 def main() -> None:
