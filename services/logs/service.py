@@ -165,7 +165,7 @@ class RunTimelines(ConsumerService):
                     self.queue_state(pipe, record, item)
             for tp, records in batch.items():  # positions after the writes
                 if records:
-                    pipe.set(self.store.checkpoint_key(tp.topic, tp.partition), records[-1].offset + 1)
+                    self.store.queue_checkpoint(pipe, tp.topic, tp.partition, records[-1].offset + 1)
             await pipe.execute()
         lines = sum(len(item.lines) for record, item in queued if record.topic == self.lines_topic)
         states = sum(1 for record, _ in queued if record.topic != self.lines_topic)

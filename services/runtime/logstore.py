@@ -203,6 +203,12 @@ class Page:
     next_cursor: str | None
 
 
+# A consumer's saved position, set by a script like the writes queued before it: when Redis has
+# lost its scripts (a restart that kept the data, SCRIPT FLUSH) every write of the pipeline fails
+# with NOSCRIPT, and so does this, so the position never moves past lines that were not written.
+_SAVE_POSITION = "redis.call('SET', KEYS[1], ARGV[1])"
+
+
 class LogStore:
     def __init__(self, redis: redis_clients.AsyncRedis, prefix: str = "rl") -> None:
         self.redis = redis
@@ -212,6 +218,7 @@ class LogStore:
         self._end = redis.register_script(_WRITE_END)
         self._query = redis.register_script(_QUERY)
         self._due = redis.register_script(_DUE)
+        self._position = redis.register_script(_SAVE_POSITION)
 
     # -- keys ---------------------------------------------------------------------------------
     def timeline_key(self, run_id: str) -> str:
@@ -258,8 +265,11 @@ class LogStore:
         args = [offset, orjson.dumps(entry), "1" if finished else "0", "" if expire_at_ms is None else int(expire_at_ms), entry["type"]]
         pipe.evalsha(self._state.sha, 4, *keys, *args)
 
+    def queue_checkpoint(self, pipe, topic: str, partition: int, position: int) -> None:
+        pipe.evalsha(self._position.sha, 1, self.checkpoint_key(topic, partition), position)
+
     async def ensure_scripts(self) -> None:
-        for script in (self._lines, self._state, self._end, self._query, self._due):
+        for script in (self._lines, self._state, self._end, self._query, self._due, self._position):
             await self.redis.script_load(script.script)
 
     async def checkpoints(self, tps: list) -> dict:

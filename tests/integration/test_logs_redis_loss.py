@@ -71,3 +71,34 @@ def test_lines_stored_before_redis_restarted_empty_come_back(own_stack):
         got = eventually(lambda: (m := _messages(client, run_id)) is not None and sorted(m) == expected and m, timeout=90, interval=0.2,
                          what=f"every line back after Redis restarted empty (last read: {_messages(client, run_id)})")
         assert sorted(got) == expected
+
+
+async def test_a_position_is_never_saved_past_lines_redis_could_not_write(own_stack):
+    """Redis kept its data but lost its scripts (a restart with persistence, SCRIPT FLUSH): every
+    write of the log service's pipeline fails with NOSCRIPT, and its saved position with them.
+    Were the position a plain SET, it would be saved past lines a kill before the retry loses."""
+    from redis.exceptions import NoScriptError
+
+    from runledger.services.runtime import redis as redis_clients
+    from runledger.services.runtime.logstore import LogStore
+
+    redis = redis_clients.client(own_stack.settings(redis_url=own_stack.redis_url))
+    store = LogStore(redis, prefix=f"t-{uuid.uuid4().hex[:8]}")
+    try:
+        await store.ensure_scripts()
+        line = {"task_run_id": None, "timestamp": "2026-01-01T00:00:00Z", "level": "INFO", "name": "t", "message": "m", "info": None}
+        await redis.script_flush()
+        async with redis.pipeline(transaction=False) as pipe:
+            store.queue_lines(pipe, "run-1", 7, [line], cap=100)
+            store.queue_checkpoint(pipe, "logs", 0, 8)
+            with pytest.raises(NoScriptError):
+                await pipe.execute()
+        assert await store.checkpoints([("logs", 0)]) == {("logs", 0): 0}
+        await store.ensure_scripts()  # what the service does next
+        async with redis.pipeline(transaction=False) as pipe:
+            store.queue_lines(pipe, "run-1", 7, [line], cap=100)
+            store.queue_checkpoint(pipe, "logs", 0, 8)
+            await pipe.execute()
+        assert await store.checkpoints([("logs", 0)]) == {("logs", 0): 8}
+    finally:
+        await redis.aclose()
