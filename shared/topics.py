@@ -54,7 +54,9 @@ class TopicSpec:
     compacted: bool = False
     # Kafka refuses a record batch over the topic's ``max.message.bytes`` (1 MB by default): set
     # where a record can be bigger (a log chunk of one line of up to ~1.1 MB: Prefect's 1 MB
-    # message plus its info; a dead letter carries the record it sets aside).
+    # message plus its info; a dead letter carries the record it sets aside; a command or event
+    # carries a request body of up to RUNLEDGER_MAX_BODY_BYTES, 1 MiB, plus its envelope, and an
+    # event the broker refused would stop the writer's partition: it exits and redoes it).
     max_message_bytes: int | None = None
     # How long the broker keeps records: KEEP_FOREVER, or the name of the Settings field giving
     # hours (0 there = forever). A compacted topic keeps the newest record of each key instead.
@@ -80,11 +82,12 @@ class TopicSpec:
 
 COMMANDS = TopicSpec(
     "commands", "aggregate", "aggregate id", CommandEnvelope, (TRANSITIONS,), retention="commands_retention_hours",
+    max_message_bytes=MAX_RECORD_BYTES,
     doc="requests to the single writer; partitioned by aggregate id",
 )
 EVENTS = TopicSpec(
     "events", "aggregate", "aggregate id", EventEnvelope, (PROJECTOR, LOG_TIMELINE, LOG_STATES, SCHEDULING),
-    retention=KEEP_FOREVER,
+    retention=KEEP_FOREVER, max_message_bytes=MAX_RECORD_BYTES,
     doc="the system of record; the partition number of the command that caused each event",
 )
 REPLIES = TopicSpec(
@@ -175,6 +178,11 @@ def config_problems(spec: TopicSpec, name: str, settings: Settings, found: dict[
         have, want = number(found.get("retention.ms")), int(wanted["retention.ms"])
         if have is not None and have != -1 and (want == -1 or have < want):
             warnings.append(f"topic {name}: retention.ms is {have}, settings ask for {want}")
+    if "max.message.bytes" in wanted:
+        have = number(found.get("max.message.bytes"))
+        if have is not None and have < int(wanted["max.message.bytes"]):
+            warnings.append(f"topic {name}: max.message.bytes is {have}, settings ask for {wanted['max.message.bytes']}: "
+                            "a larger record will be refused")
     if "min.insync.replicas" in wanted:
         have = number(found.get("min.insync.replicas"))
         if have is not None and have < int(wanted["min.insync.replicas"]):
