@@ -29,6 +29,7 @@ from runledger.domain.scheduling import (
     RecoveryPolicy,
     RunFacts,
     labelset_id,
+    made_for_epoch,
     recovery_for,
 )
 from runledger.domain.registry import extended
@@ -79,12 +80,12 @@ ADVANCE_WRITTEN = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET
 
 
 class PartitionState:
-    def __init__(self, partition: int, end: int) -> None:
+    def __init__(self, partition: int, end: int, start: int = 0) -> None:
         self.partition = partition
         self.runs: dict[str, RunFacts] = {}
         self.active: set[str] = set()  # runs recovery looks at
         self.end_at_assign = end
-        self.position = 0
+        self.position = start  # the next offset to apply: records follow one another from the log's start
         # Runs whose facts changed and whose Redis keys are not written yet. Cleared only by a
         # write that succeeded, so a batch retried after a Redis error (its events already
         # applied) still writes them. While the partition is replayed from the start they wait
@@ -102,8 +103,9 @@ class PartitionState:
 
     @property
     def caught_up(self) -> bool:
-        """Replayed, and what the replay changed written to Redis."""
-        return self.replayed and not self.unwritten
+        """Replayed, and what the replay changed written to Redis (later writes in progress, or
+        waiting for Redis, do not count: readiness and the timer passes must not flap with them)."""
+        return self.replayed and (self.written is not None or not self.unwritten)
 
 
 class Registry:
@@ -220,10 +222,11 @@ class SchedulingService(ConsumerService):
         async with self.lock:
             tps = [TopicPartition(self.topics.events.name, p) for p in partitions]
             ends = await self.consumer.end_offsets(tps) if tps else {}
+            starts = await self.consumer.beginning_offsets(tps) if tps else {}
             for tp in tps:
                 if tp.partition not in self.parts:  # new to us: rebuild its facts from the start
-                    self.parts[tp.partition] = PartitionState(tp.partition, ends[tp])
-                    self.consumer.seek(tp, 0)
+                    self.parts[tp.partition] = PartitionState(tp.partition, ends[tp], starts[tp])
+                    self.consumer.seek(tp, starts[tp])
                     # Its previous owner may not have removed every run of a stopped schedule.
                     self.stopped_flows.update(f for f in self.registry.flows if not self.registry.schedule_active(f))
             for p in list(self.parts):
@@ -248,6 +251,11 @@ class SchedulingService(ConsumerService):
                 for record in records:
                     if record.offset < part.position:
                         continue
+                    if record.offset > part.position:
+                        # A batch fetched before a rebalance gave us the partition again (its
+                        # facts now start again from the log's start), retried after a Redis
+                        # error: these records come again, in order, after the ones before them.
+                        break
                     part.position = record.offset + 1
                     if record.key == REGISTRY_AGGREGATE.encode():
                         continue  # followed separately (every instance needs it)
@@ -401,6 +409,8 @@ class SchedulingService(ConsumerService):
             lost = [p for p, marker in zip(owned, markers) if not _holds(marker, self.parts[p].written)]
             for p in lost:
                 part = self.parts[p]
+                # Until the rewrite ends, the slot gate refuses (503) rather than grant from older holders.
+                await self.redis.delete(self.store.k.written(p))
                 await self._write([(part, run) for run in part.runs.values()], [part])
             if lost:
                 self.log.info("scheduling keys written again", partitions=lost, runs=sum(len(self.parts[p].runs) for p in lost))
@@ -446,6 +456,15 @@ class SchedulingService(ConsumerService):
             else:
                 self.log.info("recovery refused (the run moved on)", run=decision.run_id, kind=decision.kind, code=result.rejection.code)
 
+    def _made_by_schedule_now(self, run: RunFacts) -> bool:
+        """Whether the flow's schedule is on and ``run`` is one it makes now (its current epoch):
+        ``stopped_flows`` may name a schedule switched off and on again since (the restart's
+        replay of the registry, a takeover), whose new runs must stay."""
+        flow = self.registry.flows.get(run.flow_id)
+        if flow is None or not self.registry.schedule_active(run.flow_id):
+            return False
+        return made_for_epoch(run, self.registry.epochs.get(flow.version_group_id, 0))
+
     async def stop_schedules(self) -> None:
         """Runs a schedule made ahead of time go when their flow version is archived or its
         schedule is switched off: each instance cancels those in its own partitions (with the
@@ -464,6 +483,7 @@ class SchedulingService(ConsumerService):
                 for run in part.runs.values()
                 if run.flow_id in flows and run.auto_scheduled and run.state is S.SCHEDULED
                 and (run.state_start_time or run.scheduled_start_time or now) > now
+                and not self._made_by_schedule_now(run)
             ]
         state = State(type=S.CANCELLED, message="Removed: its flow's schedule stopped (archived or set inactive).")
         results = await asyncio.gather(

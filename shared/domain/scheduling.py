@@ -73,6 +73,19 @@ def scheduled_idempotency_key(flow_id: str, start: datetime, clock_index: int = 
     return f"auto-scheduled:{clock_index}:{start.isoformat()}"
 
 
+def _clock_of(idempotency_key: str) -> int | None:
+    try:
+        return int(idempotency_key.split(":")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def made_for_epoch(run: "RunFacts", epoch: int) -> bool:
+    """Whether ``run`` is the run its schedule makes for its start time in activation ``epoch``."""
+    return (run.auto_scheduled and run.schedule_clock is not None and run.scheduled_start_time is not None
+            and run.id == scheduled_run_id(run.flow_id, run.scheduled_start_time, run.schedule_clock, epoch))
+
+
 # -- what the scheduling service knows per run ---------------------------------------------------
 @dataclass
 class TaskFacts:
@@ -104,6 +117,7 @@ class RunFacts:
     last_event: datetime | None = None
     lazarus_attempts: int = 0
     auto_scheduled: bool = False
+    schedule_clock: int | None = None  # an auto-scheduled run's clock (from its idempotency key)
     task_runs: dict[str, TaskFacts] = field(default_factory=dict)
 
     def apply(self, payload: Any, time: datetime) -> None:
@@ -114,6 +128,7 @@ class RunFacts:
                 self.labels = tuple(sorted(set(spec.labels)))
                 self.scheduled_start_time = spec.scheduled_start_time
                 self.auto_scheduled = bool(spec.idempotency_key and spec.idempotency_key.startswith("auto-scheduled:"))
+                self.schedule_clock = _clock_of(spec.idempotency_key) if self.auto_scheduled else None
             case e.TaskRunCreated():
                 self.task_runs[payload.task_run_id] = TaskFacts(payload.task_run_id, payload.task_id, tuple(payload.tags))
             case e.FlowRunStateSet(state=state, version=version):

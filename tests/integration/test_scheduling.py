@@ -444,6 +444,12 @@ def test_a_schedule_creates_the_next_runs_once_even_across_a_kill_9_and_stops_wh
     q = "mutation($input: set_schedule_active_input!) { set_schedule_active(input: $input) { success } }"
     assert gql(http, q, {"input": {"flow_id": f["id"]}})["data"]["set_schedule_active"]["success"]
     eventually(lambda: sum(r["state"]["type"] == "Scheduled" for r in _runs_of(http, f["id"])) >= 10, timeout=30)
+    # A restart replays the registry, the switch-off included: the new activation's runs stay.
+    sstack.kill("scheduling")
+    sstack.start_service("scheduling")
+    sstack.wait_ready("scheduling")
+    time.sleep(1.5)  # several timer passes
+    assert sum(r["state"]["type"] == "Scheduled" for r in _runs_of(http, f["id"])) >= 10
     # A new version archives this one: its future runs go, the new version's schedule takes over.
     v2 = flow(http, project, name=name, schedule=schedule, parameters=[{"name": "who", "default": "flow"}])
     assert v2["version"] == 2

@@ -3,7 +3,7 @@ the recovery decisions, ``why``, and the writer's rule against a second Submitte
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -138,3 +138,24 @@ def test_the_writer_refuses_a_second_submitted_whatever_the_version():
     assert answer.rejection.rule == "runs_are_submitted_once" and answer.rejection.message.startswith("State update failed")
     assert ledger.decide(envelope("run-1", set_state("Submitted")), T0).rejection.rule == "runs_are_submitted_once"
     assert ledger.decide(envelope("run-1", set_state("Running", 2)), T0).rejection is None
+
+
+def test_a_run_is_made_for_the_epoch_its_id_was_derived_with():
+    from runledger.domain.scheduling import RunFacts, made_for_epoch, scheduled_idempotency_key, scheduled_run_id
+    from runledger.messages import events as e
+    from tests.unit.factories import spec
+
+    start = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+
+    def created(run_id: str, key: str | None) -> RunFacts:
+        run = RunFacts(run_id)
+        base = spec(run_id, 0)
+        run.apply(e.FlowRunCreated(spec=base.model_copy(update={"idempotency_key": key, "scheduled_start_time": start})), start)
+        return run
+
+    flow_id = spec("x", 0).flow_id
+    second_epoch = created(scheduled_run_id(flow_id, start, 1, epoch=2), scheduled_idempotency_key(flow_id, start, 1))
+    assert second_epoch.schedule_clock == 1
+    assert made_for_epoch(second_epoch, 2) and not made_for_epoch(second_epoch, 1)
+    assert not made_for_epoch(created("by-hand", "my-key"), 0)
+    assert not made_for_epoch(created("by-hand", None), 0)
