@@ -28,18 +28,21 @@ COPIES = 30  # 1,920 finished runs, ~21,500 events: several of the service's fet
 
 @pytest.fixture(scope="module")
 def stack():
-    with Stack(own_redis=True, partitions=2, services=("scheduling",)) as s:
+    # Timer passes every 50 ms: a rewrite (below) starts right after its marker goes. No writer
+    # here: recovery would wait out the command timeout on the runs' January timestamps.
+    env = {"RUNLEDGER_SCHEDULING_TICK_SECONDS": "0.05", "RUNLEDGER_SCHEDULING_RECOVERY_ENABLED": "false"}
+    with Stack(own_redis=True, partitions=2, services=("scheduling",), extra_env=env) as s:
         yield s
 
 
-async def _produce_runs_interleaved(settings) -> list[str]:
+async def _produce_runs_interleaved(settings, copies: int = COPIES, first_copy: int = 0) -> list[str]:
     """Every run of the bench's templates (each created, run and finished by the pure ledger),
     ``COPIES`` times with their own ids, in one order that keeps each run's events in order but
     puts step n of every run before step n + 1 of any: every run is Scheduled for a while of the
     log before it is finished."""
     templates = template_runs(TEMPLATES)
     runs = []
-    for suffix, (key, events, _, _) in stamped_runs(templates, sum(len(t[1]) for t in templates) * COPIES):
+    for suffix, (key, events, _, _) in stamped_runs(templates, sum(len(t[1]) for t in templates) * copies, first_copy):
         runs.append((key.replace(b"aaaaaaaaaaaa", suffix), [e.replace(b"aaaaaaaaaaaa", suffix) for e in events]))
     producer = kafka.producer(settings, linger_ms=20)
     await producer.start()
@@ -171,3 +174,26 @@ def test_a_redis_that_comes_back_older_is_written_again(stack):
     assert run.holds_slot()  # came back older
     eventually(lambda: not run.holds_slot(), what="the finished run leaving its slot again")
     assert b'"state":"Success"' in stack.redis_client().get(run.keys.run(run.id))
+
+
+def test_sigterm_stops_the_service_even_in_the_middle_of_a_redis_write(stack):
+    """SIGTERM while a timer pass writes every run again (its marker gone): the pass's cancel
+    used to be lost in a Redis call (Python 3.11's wait_for, see services/runtime/tasks.py) and
+    the process never stopped. It must stop, every time."""
+    asyncio.run(_produce_runs_interleaved(stack.settings(), copies=100, first_copy=10**6))  # ~6,400 more runs to write
+    keys = SchedKeys(stack.settings().redis_prefix)
+    for attempt in range(3):
+        stack.wait_ready("scheduling", timeout=120)
+        redis = stack.redis_client()
+        eventually(lambda: all(redis.get(keys.written(p)) for p in range(stack.partitions)), what="keys marked written")
+        redis.delete(*[keys.written(p) for p in range(stack.partitions)])
+        time.sleep(0.1)  # the next pass is writing every run again
+        process = stack.processes.pop("scheduling")
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"the scheduling service ignored SIGTERM (attempt {attempt + 1})") from None
+        stack.start_service("scheduling")
+    stack.wait_ready("scheduling", timeout=120)
