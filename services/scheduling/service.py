@@ -177,6 +177,7 @@ class SchedulingService(ConsumerService):
         self.recovered: dict[str, int] = {}
         self.stopped_flows: set[str] = set()
         self._tasks: list[asyncio.Task] = []
+        self._commands: asyncio.Task | None = None  # recovery, stopped schedules, schedule tick
 
     def source(self):
         return self.topics.events
@@ -212,7 +213,7 @@ class SchedulingService(ConsumerService):
         self._tasks = [asyncio.create_task(self._follow_registry()), asyncio.create_task(self._timers())]
 
     async def stop_resources(self) -> None:
-        await stop_tasks(*self._tasks)
+        await stop_tasks(*self._tasks, self._commands)
         await self.registry_reader.stop()
         await self.bus.stop()
         await self.redis.aclose()
@@ -385,15 +386,26 @@ class SchedulingService(ConsumerService):
             try:
                 await self.store.mark_alive(self.settings.instance_id, int(max(10.0, 5 * self.settings.scheduling_tick_seconds) * 1000))
                 await self.rewrite_what_redis_lost()
-                if self.settings.scheduling_recovery_enabled:
-                    await self.recover()
-                await self.stop_schedules()
-                if self.registry_tp.partition in self.parts:
-                    await self.scheduler.tick(datetime.now(timezone.utc))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a timer pass never kills the service; the next one retries
                 self.log.warning("timer pass failed", error=repr(exc)[:300])
+            # What waits for the writer's answers (up to the command timeout) runs beside the
+            # passes, one at a time: a slow or absent writer never holds up the Redis work above.
+            if self._commands is None or self._commands.done():
+                self._commands = asyncio.create_task(self._send_commands())
+
+    async def _send_commands(self) -> None:
+        try:
+            if self.settings.scheduling_recovery_enabled:
+                await self.recover()
+            await self.stop_schedules()
+            if self.registry_tp.partition in self.parts:
+                await self.scheduler.tick(datetime.now(timezone.utc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next pass tries again
+            self.log.warning("timer pass failed", error=repr(exc)[:300])
 
     async def rewrite_what_redis_lost(self) -> None:
         """Redis lost its data, or came back older (a restart without persistence or from an

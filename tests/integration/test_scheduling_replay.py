@@ -28,9 +28,10 @@ COPIES = 30  # 1,920 finished runs, ~21,500 events: several of the service's fet
 
 @pytest.fixture(scope="module")
 def stack():
-    # Timer passes every 50 ms: a rewrite (below) starts right after its marker goes. No writer
-    # here: recovery would wait out the command timeout on the runs' January timestamps.
-    env = {"RUNLEDGER_SCHEDULING_TICK_SECONDS": "0.05", "RUNLEDGER_SCHEDULING_RECOVERY_ENABLED": "false"}
+    # Timer passes every 50 ms: a rewrite (below) starts right after its marker goes. There is no
+    # writer: recovery (of the runs left Running, their times in January) waits out the command
+    # timeout, which must not hold up the Redis rewrites.
+    env = {"RUNLEDGER_SCHEDULING_TICK_SECONDS": "0.05"}
     with Stack(own_redis=True, partitions=2, services=("scheduling",), extra_env=env) as s:
         yield s
 
@@ -162,7 +163,8 @@ def test_what_a_batch_changed_is_written_when_redis_comes_back_with_its_data(sta
 def test_a_redis_that_comes_back_older_is_written_again(stack):
     """Redis restarts from a save made before a run finished (an RDB or AOF behind its last
     writes, a failover to a lagging replica): the service sees that Redis is behind what it wrote
-    and writes its partitions again, so the finished run does not get its slot back."""
+    and writes its partitions again, so the finished run does not get its slot back: promptly,
+    even while a recovery command waits for a writer that is not there."""
     run = OneRun(stack)
     run.run()
     eventually(run.holds_slot, what="the running run holding its slot")
@@ -172,7 +174,7 @@ def test_a_redis_that_comes_back_older_is_written_again(stack):
     eventually(lambda: not run.holds_slot(), what="the finished run leaving its slot")
     _restart_redis_from_its_last_save(stack)
     assert run.holds_slot()  # came back older
-    eventually(lambda: not run.holds_slot(), what="the finished run leaving its slot again")
+    eventually(lambda: not run.holds_slot(), timeout=10, what="the finished run leaving its slot again")
     assert b'"state":"Success"' in stack.redis_client().get(run.keys.run(run.id))
 
 
