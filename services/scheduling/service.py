@@ -224,12 +224,12 @@ class SchedulingService(ConsumerService):
             tps = [TopicPartition(self.topics.events.name, p) for p in partitions]
             ends = await self.consumer.end_offsets(tps) if tps else {}
             starts = await self.consumer.beginning_offsets(tps) if tps else {}
-            for tp in tps:
-                if tp.partition not in self.parts:  # new to us: rebuild its facts from the start
-                    self.parts[tp.partition] = PartitionState(tp.partition, ends[tp], starts[tp])
-                    self.consumer.seek(tp, starts[tp])
-                    # Its previous owner may not have removed every run of a stopped schedule.
-                    self.stopped_flows.update(f for f in self.registry.flows if not self.registry.schedule_active(f))
+            new = [tp for tp in tps if tp.partition not in self.parts]
+            for tp in new:  # new to us: rebuild its facts from the start
+                self.parts[tp.partition] = PartitionState(tp.partition, ends[tp], starts[tp])
+                self.consumer.seek(tp, starts[tp])
+            if new:  # their previous owner may not have removed every run of a stopped schedule
+                self.stopped_flows.update(f for f in self.registry.flows if not self.registry.schedule_active(f))
             for p in list(self.parts):
                 if p not in partitions:
                     del self.parts[p]
@@ -371,7 +371,7 @@ class SchedulingService(ConsumerService):
                     if env.seq <= self.registry.seq:
                         continue
                     stopped = self.registry.apply(env.payload)
-                except Exception as exc:  # the group consumer of that partition sets it aside
+                except Exception as exc:  # undecodable (the partition's group consumer sets it aside) or unappliable
                     self.log.warning("registry event skipped", offset=record.offset, error=repr(exc)[:300])
                     continue
                 self.registry.seq = env.seq
