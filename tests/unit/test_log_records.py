@@ -7,8 +7,9 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from runledger.messages.logs import BatchTooLarge, LogChunk, LogLimits, batch_key, chunks, content_key, parse_time, timestamp_key, validate_batch
+from runledger.messages.logs import FIELD_SET, LEVELS, BatchTooLarge, _checked_line, _plainly_valid, LogChunk, LogLimits, batch_key, chunks, content_key, parse_time, timestamp_key, validate_batch
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -146,3 +147,27 @@ def test_end_marker_round_trips_and_garbage_is_refused():
                 b'{"flow_run_id": "r", "batch": 5, "sent_ms": 1}', b'{"flow_run_id": "r", "batch": "k"}'):
         with pytest.raises(ValueError):
             LogChunk.decode(raw)
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=60) | st.sampled_from(["", " ", "\t\n", "r", "é" * 12])
+_TIMES = st.sampled_from(["2024-05-01T12:00:00.25+02:00", "2024-05-01T10:00:00Z", "2024-05-01T10:00:00", " 2024-05-01T10:00:00z",
+                          "0001-01-01T00:00:00+01:00", "soon", "", 1714557600.25, 0, True])
+_VALUES = st.none() | _TEXT | st.integers(-5, 60) | st.booleans() | st.lists(st.integers(), max_size=3) | st.dictionaries(_TEXT, st.integers(), max_size=3)
+_RECORDS = st.dictionaries(st.sampled_from([*FIELD_SET, "colour"]), _VALUES, max_size=8) | st.fixed_dictionaries(
+    {"flow_run_id": _TEXT, "message": _TEXT},
+    optional={"task_run_id": _TEXT | st.none(), "name": _TEXT | st.none(), "timestamp": _TIMES | st.none(),
+              "level": st.sampled_from([*LEVELS, "warn", "LOUD", 20, None]), "info": _VALUES},
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(record=_RECORDS, i=st.integers(0, 5))
+def test_the_fast_path_accepts_only_what_the_full_check_accepts_and_makes_the_same_line(record, i):
+    limits = LogLimits(max_message_bytes=40, max_name_bytes=24, max_info_bytes=20)  # small: lengths cross them
+    fast = _plainly_valid(record, i, NOW, limits.max_message_bytes // 4, limits.max_name_bytes // 4, limits.max_info_bytes)
+    errors: list = []
+    full = _checked_line(record, i, limits, NOW, errors)
+    if fast is not None:
+        assert full is not None and not errors
+        assert (fast.flow_run_id, fast.index, fast.encoded, fast.sort_key()) == (full.flow_run_id, full.index, full.encoded, full.sort_key())
+        assert (fast.task_run_id, fast.timestamp, fast.level, fast.name, fast.message) == (full.task_run_id, full.timestamp, full.level, full.name, full.message)
