@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from runledger.domain.states import State, StateType
+from runledger.domain.states import MAX_STATE_MESSAGE, State, StateType
 from runledger.messages.models import EdgeSpec, JsonInt, JsonObject, ParameterSpec, TaskSpec, json_integer
 
 MAX_KEY_LENGTH = 500  # of any idempotency key: a flow run's, a flow registration's, a log batch's
@@ -139,7 +139,7 @@ class CreateFlowRunRequest(_Request):
 
 class StateInput(_Request):
     type: StateType
-    message: str | None = Field(None, max_length=10_000)
+    message: str | None = Field(None, max_length=MAX_STATE_MESSAGE)
     start_time: IsoDateTime | None = None
     result_location: str | None = Field(None, max_length=4096)
     serialized: JsonObject | None = None

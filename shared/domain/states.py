@@ -87,6 +87,9 @@ def is_running(t: StateType) -> bool:
     return is_a(t, S.RUNNING)
 
 
+MAX_STATE_MESSAGE = 10_000  # characters of a state's message
+
+
 class State(BaseModel):
     """A state as recorded: what the caller sent, with the server's timestamp.
 
@@ -97,7 +100,7 @@ class State(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: StateType
-    message: str | None = Field(None, max_length=10_000)
+    message: str | None = Field(None, max_length=MAX_STATE_MESSAGE)
     timestamp: datetime | None = None
     start_time: datetime | None = None
     result_location: str | None = Field(None, max_length=4096)

@@ -10,6 +10,7 @@ from ariadne import ScalarType
 from graphql.utilities import value_from_ast_untyped
 
 from runledger import api_models as api
+from runledger.domain.states import MAX_STATE_MESSAGE
 from runledger.services.ingress.graphql.errors import error
 
 json_scalar = ScalarType("JSON")
@@ -44,16 +45,29 @@ def json_size(value: Any, field: str) -> int:
 
 
 def state_input(value: Any) -> api.StateInput:
-    """A Prefect-style state dict (``{type, message, ...}``), kept whole as ``serialized``."""
+    """A Prefect-style state dict (``{type, message, ...}``), kept whole as ``serialized``.
+
+    A message over ``MAX_STATE_MESSAGE`` characters is shortened, not refused: the Prefect
+    client's task runner writes ``Failed("Error during execution of task: <repr(exc)>")``, and
+    refusing it would leave the task run Running with its failure lost (Prefect Server stores
+    any length). REST refuses it (422 naming ``state.message``): its callers can shorten it."""
     state = json_object(value, "state")
     result = state.get("_result") if isinstance(state.get("_result"), dict) else {}
     return api.StateInput(
         type=state.get("type"),
-        message=state.get("message"),
+        message=shortened(state.get("message")),
         start_time=state.get("start_time"),
         result_location=state.get("result_location") or result.get("location"),
         serialized=state,
     )
+
+
+def shortened(message: Any) -> Any:
+    """``message`` cut to ``MAX_STATE_MESSAGE`` characters, saying how long it was."""
+    if not isinstance(message, str) or len(message) <= MAX_STATE_MESSAGE:
+        return message
+    note = f" ... [shortened: {len(message)} characters in all]"
+    return message[: MAX_STATE_MESSAGE - len(note)] + note
 
 
 CAMEL = {

@@ -8,7 +8,7 @@ from ariadne import MutationType, ObjectType, QueryType
 from runledger import api_models as api
 from runledger.services.ingress.application import public
 from runledger.services.ingress.graphql.coercion import json_object, snake, state_input
-from runledger.services.ingress.graphql.errors import error, translate_errors
+from runledger.services.ingress.graphql.errors import absent, error, translate_errors
 from runledger.services.ingress.graphql.views import (
     anchor,
     app_of,
@@ -29,7 +29,7 @@ query, mutation, flow_run_type = QueryType(), MutationType(), ObjectType("flow_r
 @translate_errors
 async def resolve_flow_run_by_pk(_, info, id):
     doc = await app_of(info).read.flow_run(id)
-    return with_state_fields(public(doc)) if doc else None
+    return with_state_fields(public(doc)) if doc else await absent(info)
 
 
 MAX_TASK_RUN_FILTER_RUNS = 100  # runs whose task runs one ``task_runs`` filter may load

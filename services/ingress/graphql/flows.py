@@ -5,7 +5,7 @@ from __future__ import annotations
 from ariadne import ObjectType, QueryType
 
 from runledger.services.ingress.graphql.coercion import json_object
-from runledger.services.ingress.graphql.errors import translate_errors
+from runledger.services.ingress.graphql.errors import absent, translate_errors
 from runledger.readmodel.planner import Plan
 from runledger.services.ingress.graphql.views import anchor, app_of, flow_run_view, flow_views, page, planned, report_scan
 from runledger.services.runtime.stores import Walk
@@ -17,7 +17,7 @@ query, flow_type = QueryType(), ObjectType("flow")
 @translate_errors
 async def resolve_flow_by_pk(_, info, id):
     doc = await app_of(info).read.flow(id)
-    return (await flow_views(app_of(info), [doc]))[0] if doc else None
+    return (await flow_views(app_of(info), [doc]))[0] if doc else await absent(info)
 
 
 @query.field("flow")

@@ -9,7 +9,7 @@ from runledger import api_models as api
 from runledger.readmodel.planner import conjuncts
 from runledger.services.ingress.application import public
 from runledger.services.ingress.graphql.coercion import json_object, state_input
-from runledger.services.ingress.graphql.errors import translate_errors
+from runledger.services.ingress.graphql.errors import absent, translate_errors
 from runledger.services.ingress.graphql.views import app_of, page, planned, state_view, task_run_view, with_state_fields
 
 query, mutation, task_run_type = QueryType(), MutationType(), ObjectType("task_run")
@@ -20,7 +20,7 @@ query, mutation, task_run_type = QueryType(), MutationType(), ObjectType("task_r
 @translate_errors
 async def resolve_task_run_by_pk(_, info, id):
     doc = await app_of(info).read.task_run(id)
-    return task_run_view(doc) if doc else None
+    return task_run_view(doc) if doc else await absent(info)
 
 
 @query.field("task_run")

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 
 from runledger.lru import LRU
+from runledger.services.ingress.graphql.errors import format_error
 from runledger.services.ingress.graphql.limits import DocumentLimits, depends_on_variables, limits_rule
 from runledger.services.ingress.responses import JSONResponse
 
@@ -177,7 +178,8 @@ def mount(app: FastAPI, schema: GraphQLSchema, limits: DocumentLimits) -> None:
         if refused:
             return JSONResponse(_with_codes({"errors": refused}), status_code=400)
         context = {"request": request}
-        success, result = await graphql(schema, data, context_value=context, query_document=document, query_validator=_validated_already)
+        success, result = await graphql(schema, data, context_value=context, query_document=document, query_validator=_validated_already,
+                                        error_formatter=format_error)
         if context.get("extensions"):  # what resolvers report about the read (e.g. a bounded scan)
             result.setdefault("extensions", {}).update(context["extensions"])
         return JSONResponse(_with_codes(result), status_code=200 if success or field_errors_only(result) else 400)
