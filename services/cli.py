@@ -264,11 +264,13 @@ def _watch(client, run: dict) -> int:
             typer.echo(_line(data.get("timestamp"), "INFO", text))
         elif kind == "log":
             typer.echo(_line(data.get("timestamp"), data.get("level") or "INFO", data.get("message") or ""))
-        elif kind == "end" or kind == "closed":
+        elif kind == "closed":  # the client's watch ends after the run's last end marker
             break
         elif kind == "error":
             _fail(data)
-        if state == "Scheduled" and not diagnosed and start_at:
+        # Diagnosed only once the history is all printed (nothing waiting): a run that was
+        # Scheduled long ago has moved on in the events still queued.
+        if kind is None and state == "Scheduled" and not diagnosed and start_at:
             waited = (datetime.now(timezone.utc) - datetime.fromisoformat(str(start_at).replace("Z", "+00:00"))).total_seconds()
             if waited >= SCHEDULED_PATIENCE_SECONDS:
                 diagnosed = True

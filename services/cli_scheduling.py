@@ -11,17 +11,16 @@ API_URL = typer.Option("http://127.0.0.1:4200", envvar="RUNLEDGER_URL", help="Ru
 
 
 def _get(url: str, path: str, **params):
-    import httpx
+    """The API's answer, or one line on stderr (the message and the field; for no answer at all,
+    the URL and how to set it) and exit 1: the same errors as the other commands."""
+    from runledger.client import Client, RunLedgerError
 
     try:
-        r = httpx.get(f"{url.rstrip('/')}/api/v1{path}", params={k: v for k, v in params.items() if v is not None}, timeout=30)
-    except httpx.HTTPError as exc:
-        typer.echo(f"cannot reach {url}: {exc}", err=True)
+        with Client(url, timeout=30) as client:
+            return client.get(path, **params)
+    except RunLedgerError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
-    if r.status_code >= 400:
-        typer.echo(f"error {r.status_code}: {r.text}", err=True)
-        raise typer.Exit(1)
-    return r.json()
 
 
 def why(flow_run_id: str = typer.Argument(..., help="The flow run's id."), url: str = API_URL, as_json: bool = typer.Option(False, "--json")) -> None:

@@ -7,6 +7,20 @@ from typing import Any
 
 import httpx
 
+WATCH_READ_TIMEOUT_SECONDS = 45.0  # three of the server's keep-alive intervals
+
+
+def _finished(state: str | None) -> bool:
+    from runledger.domain.states import StateType, is_finished
+
+    try:
+        return is_finished(StateType(state))
+    except ValueError:
+        return False
+
+
+TRANSIENT_STATUSES = (502, 503, 504)  # a watch retries these like a dropped connection
+
 
 class RunLedgerError(Exception):
     """An API answer that is an error; ``str()`` is one line: the message and the field."""
@@ -25,6 +39,12 @@ class Unreachable(RunLedgerError):
             self, f"cannot reach the RunLedger API at {url} ({reason}); start it (runledger dev) or point --url / RUNLEDGER_URL at it"
         )
         self.status, self.body, self.url = 0, None, url
+
+
+class _Transient(Exception):
+    def __init__(self, error: RunLedgerError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _loc(loc: Any) -> str:
@@ -72,6 +92,11 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def get(self, path: str, **params) -> Any:
+        """GET ``/api/v1<path>`` (parameters that are None are left out): the JSON answer, or
+        ``RunLedgerError`` (``Unreachable`` when nothing answers), one line as ``str()``."""
+        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
         try:
@@ -160,26 +185,44 @@ class Client:
                 raise
             return None
 
-    def watch(self, flow_run_id: str, last_event_id: str | None = None, reconnects: int = 5):
+    def watch(self, flow_run_id: str, last_event_id: str | None = None, give_up_seconds: float = 60.0):
         """Yield ``(event, id, data)`` from the run's watch stream until it ends; reconnects with
-        ``Last-Event-ID`` when the connection drops, so nothing is missed or repeated."""
+        ``Last-Event-ID`` when the connection drops, so nothing is missed or repeated.
+
+        The stream has ended when the server closes it after an ``end`` that follows a finished
+        state. An ``end`` followed by a state (a run restarted after it failed: Failed, end,
+        Scheduled, ..., Success, end) is not the end: the server decides, the client follows.
+        The read times out after ``WATCH_READ_TIMEOUT_SECONDS`` without a byte (the server
+        sends a keep-alive every 15 s): a connection that died without a word is reconnected.
+        A 502/503/504 (a restarting ingress, Redis being restored) is retried like a dropped
+        connection; ``Unreachable`` after ``give_up_seconds`` without a connection that works."""
+        import time
+
         import orjson
 
         attempts = 0
+        alive_at = time.monotonic()  # when the stream last showed it works
+        last_state: str | None = None
         while True:
             headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
             try:
-                with self._http.stream("GET", f"/flow_runs/{flow_run_id}/watch", headers=headers, timeout=httpx.Timeout(30.0, read=None)) as response:
+                timeout = httpx.Timeout(30.0, read=WATCH_READ_TIMEOUT_SECONDS)
+                with self._http.stream("GET", f"/flow_runs/{flow_run_id}/watch", headers=headers, timeout=timeout) as response:
                     if response.status_code >= 400:
                         response.read()
                         try:
                             body = response.json()
                         except ValueError:
                             body = response.text
-                        raise RunLedgerError(response.status_code, body)
+                        error = RunLedgerError(response.status_code, body)
+                        if response.status_code not in TRANSIENT_STATUSES:
+                            raise error
+                        raise _Transient(error)
                     event: dict[str, str] = {}
+                    ended = False
                     for line in response.iter_lines():
-                        if line.startswith(":"):
+                        alive_at, attempts = time.monotonic(), 0
+                        if line.startswith(":"):  # a keep-alive
                             continue
                         if line:
                             name, _, value = line.partition(":")
@@ -188,18 +231,21 @@ class Client:
                         if not event:
                             continue
                         last_event_id = event.get("id", last_event_id)
-                        attempts = 0
                         kind = event.get("event", "message")
-                        yield kind, event.get("id"), orjson.loads(event.get("data") or "null")
+                        data = orjson.loads(event.get("data") or "null")
+                        if kind == "state" and isinstance(data, dict):
+                            last_state = data.get("type")
+                        ended = kind == "end" or (ended and kind != "state")
+                        yield kind, event.get("id"), data
                         event = {}
-                        if kind == "end":
-                            return
+                    if ended and _finished(last_state):
+                        return
                 cause: Exception = ConnectionError("the watch stream closed before the run finished")
             except (httpx.TransportError, httpx.StreamError) as exc:
                 cause = exc
-            attempts += 1  # dropped (or the ingress restarted): resume after the last event seen
-            if attempts > reconnects:
+            except _Transient as exc:
+                cause = exc.error
+            if time.monotonic() - alive_at > give_up_seconds:
                 raise Unreachable(self.url, cause)
-            import time
-
+            attempts += 1  # dropped (or the ingress restarted): resume after the last event seen
             time.sleep(min(0.2 * 2**attempts, 5))

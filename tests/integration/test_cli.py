@@ -139,6 +139,28 @@ def test_watch_prints_the_seed_format_and_exits_with_the_final_state(logs_stack,
     assert lines[-1] == "Flow run succeeded!"
 
 
+def test_watch_follows_a_run_restarted_after_it_failed_to_its_last_state(logs_stack, lapi):
+    """Failed (and its end marker), then Scheduled again, Running, Success: the first end is not
+    the end of the watch, and the exit code is the last state's. Its start time is long past, yet
+    no "still Scheduled" diagnosis is printed: the history shows it moved on."""
+    from tests.integration.test_watch import read_events, set_state
+
+    long_ago = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+    rid = new_run(lapi, parameters={}, labels=["dev"], scheduled_start_time=long_ago)["id"]
+    set_state(lapi, rid, "Failed", "boom")
+    assert read_events(logs_stack, rid)[-1]["event"] == "end"  # the first end marker is stored
+    for state in ("Scheduled", "Running", "Success"):
+        set_state(lapi, rid, state)
+    assert [e["event"] for e in read_events(logs_stack, rid)].count("end") == 2
+    process = _spawn(logs_stack, "watch", rid)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, (out, err)
+    entered = [line.split(" | ", 2)[2].split(">")[0] for line in out.splitlines() if "| Entered state <" in line]
+    assert entered == [f"Entered state <{s}" for s in ("Scheduled", "Failed", "Scheduled", "Running", "Success")]
+    assert "WARNING" not in out
+    assert out.splitlines()[-1] == "Flow run succeeded!"
+
+
 def test_run_watch_diagnoses_a_run_still_scheduled_and_exits_1_when_it_fails(logs_stack, lapi):
     project = lapi.post("/projects", json={"name": unique("cliw")}).json()
     flow = lapi.post("/flows", json={"name": unique("late"), "project_id": project["id"]}).json()
@@ -165,3 +187,9 @@ def test_errors_are_one_line(logs_stack):
     missing = cli(logs_stack, "get-run", "00000000-0000-0000-0000-000000000000", check=False)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
     assert missing.stderr.strip() == "error: HTTP 404: flow_run_id: no flow run with id 00000000-0000-0000-0000-000000000000"
+    # the scheduling commands too
+    unreachable = subprocess.run([sys.executable, "-m", "runledger.services.cli", "late-runs"], env=env, capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1 and unreachable.stderr.count("\n") == 1, unreachable.stderr
+    assert f"http://127.0.0.1:{port}" in unreachable.stderr and "RUNLEDGER_URL" in unreachable.stderr
+    unknown = cli(logs_stack, "why", "nope", check=False)
+    assert unknown.returncode == 1 and unknown.stderr.strip() == "error: HTTP 404: flow_run_id: no flow run with id nope", unknown.stderr
