@@ -333,7 +333,7 @@ async def flow_run_logs(
     limit: int = Query(1000, ge=1, le=10_000),
     cursor: str | None = None,
 ) -> Any:
-    await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
+    run = await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
     page = await read_page(request, flow_run_id, task_run_id, level, min_level, after, since, before, until, order, limit, cursor)
     return {"logs": page.lines, "next_cursor": page.next_cursor}
 
@@ -421,7 +421,21 @@ def _sse(entry_id: str, kind: str, data: dict) -> bytes:
     return b"id: " + entry_id.encode() + b"\nevent: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def watch_events(request: Request, run_id: str, last_event_id: str | None):
+# Event ids of a run whose logs have expired: before any the timeline could have had.
+EXPIRED_STATE_ID, EXPIRED_END_ID = "0-1", "0-2"
+
+
+def _logs_expired(run: dict, retention_days: float) -> bool:
+    """Whether a finished run's timeline has passed its retention (the log service expires it at
+    finish + ``logs_retention_days``): a watch then has only the read model's final state."""
+    state = run.get("state") or {}
+    if retention_days <= 0 or not _finished(state.get("type")) or not state.get("timestamp"):
+        return False
+    finished_at = datetime.fromisoformat(str(state["timestamp"]).replace("Z", "+00:00"))
+    return datetime.now(timezone.utc).timestamp() >= finished_at.timestamp() + retention_days * 86400
+
+
+async def watch_events(request: Request, run_id: str, last_event_id: str | None, run: dict | None = None):
     ctx = logs_of(request)
     feed = await ctx.feed(run_id)
     queue = feed.subscribe()
@@ -438,6 +452,12 @@ async def watch_events(request: Request, run_id: str, last_event_id: str | None)
             if len(chunk) < 2000:
                 break
             after = chunk[-1][0]
+        if not history and not last_event_id and run is not None and _logs_expired(run, ctx.settings.logs_retention_days):
+            # Nothing left to replay and nothing will come: the final state, then the end.
+            state = run["state"]
+            yield _sse(EXPIRED_STATE_ID, "state", {k: state.get(k) for k in ("type", "message", "timestamp", "version")})
+            yield _sse(EXPIRED_END_ID, "end", {"version": state.get("version")})
+            return
         views = [(i, *entry_view(i, f)) for i, f in history]
         last_state_at = max((n for n, (_, kind, _) in enumerate(views) if kind == "state"), default=-1)
         if last_event_id:  # the last state the client saw before it reconnected decides nothing: look it up
@@ -499,7 +519,7 @@ async def watch(flow_run_id: str, request: Request) -> StreamingResponse:
     each event has an id, and a reconnect with ``Last-Event-ID`` resumes after it. Events:
     ``state`` (type, message, timestamp, version), ``log`` (a line), ``end`` (the run finished
     and its last lines were sent; the stream closes)."""
-    await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
+    run = await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if last_event_id:
         try:
@@ -507,7 +527,7 @@ async def watch(flow_run_id: str, request: Request) -> StreamingResponse:
         except ValueError:
             raise RequestError(422, [FieldError(("header", "Last-Event-ID"), f"{last_event_id!r} is not an event id of this stream", "value_error")]) from None
     return StreamingResponse(
-        watch_events(request, flow_run_id, last_event_id),
+        watch_events(request, flow_run_id, last_event_id, run),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -226,3 +226,25 @@ def test_lines_and_states_are_stored_in_record_time_order_whatever_topic_they_ca
         ]
     finally:
         stack.stop()
+
+
+def test_a_run_whose_logs_expired_is_watched_to_its_final_state():
+    """Past its retention a finished run's timeline is gone; its watch sends the read model's
+    final state and the end (it used to wait for events that would never come)."""
+    from runledger.services.devstack import Stack
+    from tests.integration.test_logs import SERVICES
+
+    stack = Stack(own_redis=True, partitions=1, extra_env={"RUNLEDGER_LOGS_RETENTION_DAYS": "0.00003",  # 2.6 s
+                                                            "RUNLEDGER_LOGS_WATCH_END_GRACE_SECONDS": "0.3"})
+    try:
+        stack.start(services=SERVICES)
+        with httpx.Client(base_url=stack.api_url + "/api/v1", timeout=30) as api:
+            rid = new_run(api)["id"]
+            set_state(api, rid, "Success", "done")
+            redis = stack.redis_client()
+            assert wait_for(lambda: redis.keys(f"*logs:{{{rid}}}:tl"))  # stored ...
+            assert wait_for(lambda: not redis.keys(f"*logs:{{{rid}}}:*"))  # ... and expired
+            version = api.get(f"/flow_runs/{rid}").json()["version"]
+            assert summary(read_events(stack, rid, timeout=10)) == [("state", "Success"), ("end", version)]
+    finally:
+        stack.stop()
