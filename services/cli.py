@@ -114,7 +114,9 @@ def _fail(exc) -> None:
 
 
 def _key_values(pairs: list[str], option: str) -> dict:
-    import json
+    """``KEY=VALUE`` pairs; a VALUE that is JSON is taken as such (the API's parser: NaN,
+    Infinity and 1e400 are not JSON, so they stay strings), any other as a string."""
+    import orjson
 
     out = {}
     for pair in pairs:
@@ -123,8 +125,8 @@ def _key_values(pairs: list[str], option: str) -> dict:
             raise typer.Exit(2)
         key, raw = pair.split("=", 1)
         try:
-            out[key] = json.loads(raw)
-        except ValueError:
+            out[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             out[key] = raw
     return out
 
