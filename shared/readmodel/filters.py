@@ -9,7 +9,7 @@ object-relation filters (``project: {name: {_eq: ...}}``) through a resolver for
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 Doc = dict[str, Any]
@@ -17,12 +17,27 @@ Related = Callable[[Doc, str], "Doc | list[Doc] | None"]
 
 
 def _comparable(value: Any) -> Any:
+    """An ISO 8601 string as an aware datetime (no zone = UTC, as the API reads times), else as is."""
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return value
+        return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
     return value
+
+
+def _sort_key(value: Any) -> tuple:
+    """A total order over what a field may hold: numbers, then times, then text, then the rest
+    (values of different kinds are never compared with each other)."""
+    value = _comparable(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value)
+    if isinstance(value, datetime):
+        return (1, value)
+    if isinstance(value, str):
+        return (2, value)
+    return (3, str(value))
 
 
 def _compare(op: str, actual: Any, expected: Any) -> bool:
@@ -86,10 +101,13 @@ def matches(doc: Doc, where: Doc | None, related: Related | None = None) -> bool
 def order(docs: list[Doc], order_by: Doc | list[Doc] | None) -> list[Doc]:
     """Sort by ``{field: asc|desc}`` clauses (the last clause is applied first)."""
     clauses = order_by if isinstance(order_by, list) else [order_by] if order_by else []
+    for clause in clauses:
+        if not isinstance(clause, dict):
+            raise ValueError(f"expected objects like {{field: asc}} or {{field: desc}}, got {clause!r}")
     for clause in reversed(clauses):
         for field_name, direction in reversed(list(clause.items())):
             present = [d for d in docs if d.get(field_name) is not None]
             missing = [d for d in docs if d.get(field_name) is None]
-            present.sort(key=lambda d: _comparable(d[field_name]), reverse=str(direction).startswith("desc"))
+            present.sort(key=lambda d: _sort_key(d[field_name]), reverse=str(direction).startswith("desc"))
             docs = present + missing
     return docs

@@ -31,7 +31,7 @@ Queued, Resume, Retrying), scored by their state's ``start_time``, else the run'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -70,7 +70,12 @@ BY_NAME = {spec.name: spec for spec in (*FLOW_RUN_INDEXES, *TASK_RUN_INDEXES)}
 
 @lru_cache(maxsize=65536)
 def _ms(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000.0
+    return _aware(datetime.fromisoformat(text.replace("Z", "+00:00"))).timestamp() * 1000.0
+
+
+def _aware(t: datetime) -> datetime:
+    """No zone is UTC, as everywhere in the API (``timestamp()`` would take the host's zone)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 def score_of(value: Any) -> float | None:
@@ -81,7 +86,7 @@ def score_of(value: Any) -> float | None:
         return _ms(value)
     if isinstance(value, (int, float)):
         return float(value)
-    return value.timestamp() * 1000.0
+    return _aware(value).timestamp() * 1000.0
 
 
 def _state_type(doc: dict[str, Any]) -> str | None:

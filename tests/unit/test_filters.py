@@ -49,3 +49,16 @@ def test_order_by():
     assert [r["id"] for r in order(RUNS, {"version": "desc"})] == ["c", "a", "b"]
     assert [r["id"] for r in order(RUNS, {"timestamp": "asc"})] == ["b", "a", "c"]  # nulls last
     assert [r["id"] for r in order(RUNS, None)] == ["a", "b", "c"]
+
+
+def test_a_naive_time_in_a_filter_is_utc_as_everywhere_else_in_the_api():
+    doc = {"timestamp": "2024-01-01T10:00:00+00:00"}
+    assert matches(doc, {"timestamp": {"_gt": "2024-01-01T09:59:59"}})
+    assert not matches(doc, {"timestamp": {"_gt": "2024-01-01T10:00:00"}})
+
+
+def test_ordering_values_of_different_kinds_never_fails_and_a_bad_clause_is_named():
+    docs = [{"v": "b"}, {"v": "2024-01-01T00:00:00Z"}, {"v": 2}, {"v": 1.5}, {"v": None}, {"v": "a"}]
+    assert [d["v"] for d in order(docs, {"v": "asc"})] == [1.5, 2, "2024-01-01T00:00:00Z", "a", "b", None]
+    with pytest.raises(ValueError, match="expected objects like"):
+        order(docs, "name")

@@ -163,3 +163,19 @@ def test_due_score_prefers_the_state_start_time():
     assert indexes.due_score({**doc, "state": {"type": "Queued", "start_time": None}}) == T0.timestamp() * 1000
     assert indexes.due_score({**doc, "state": {"type": "Running"}}) is None
     assert State(type="Paused").type.value in indexes.SCHEDULED_STATES
+
+
+def test_a_time_without_a_zone_scores_as_utc_whatever_the_host_zone(monkeypatch):
+    import time
+
+    from runledger.readmodel import indexes
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    indexes._ms.cache_clear()
+    try:
+        assert indexes.score_of("2024-01-01T12:00:00") == indexes.score_of("2024-01-01T12:00:00Z") == 1704110400000.0
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+        indexes._ms.cache_clear()

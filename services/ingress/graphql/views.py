@@ -67,10 +67,17 @@ def page(docs: list[dict], where, order_by, limit, offset, related=None) -> list
     try:
         selected = [d for d in docs if matches(d, where, related)]
     except ValueError as exc:
-        raise error(f"where: {exc}", "BAD_USER_INPUT") from None
-    selected = order(selected, order_by)
+        raise error(f"where: {exc}", "BAD_USER_INPUT", field="where") from None
+    selected = ordered(selected, order_by)
     offset = offset or 0
     return selected[offset : offset + limit if limit is not None else None]
+
+
+def ordered(docs: list[dict], order_by) -> list[dict]:
+    try:
+        return order(docs, order_by)
+    except ValueError as exc:
+        raise error(f"order_by: {exc}", "BAD_USER_INPUT", field="order_by") from None
 
 
 def anchor(where: dict | None, field_name: str) -> list[str] | None:
@@ -82,6 +89,8 @@ def anchor(where: dict | None, field_name: str) -> list[str] | None:
         if "_eq" in condition:
             return [condition["_eq"]]
         if "_in" in condition:
+            if not isinstance(condition["_in"], list):
+                raise error(f"where: {field_name}._in expects a list, got {condition['_in']!r}", "BAD_USER_INPUT", field="where")
             return list(condition["_in"])
     parts = where.get("_and")
     for part in parts if isinstance(parts, list) else [parts] if isinstance(parts, dict) else []:
@@ -130,7 +139,7 @@ async def planned(info, entity: str, where, order_by, limit, offset, view, relat
         report_scan(info, plan, walk, scan_limit)
     views = [view(d) for d in walk.docs]
     if not plan.ordered:
-        views = order(views, order_by)
+        views = ordered(views, order_by)
     return views[offset : offset + limit if limit is not None else None]
 
 
