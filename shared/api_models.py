@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from runledger.domain.states import MAX_STATE_MESSAGE, State, StateType
 from runledger.messages.models import EdgeSpec, JsonInt, JsonObject, ParameterSpec, TaskSpec, json_integer
@@ -21,7 +21,29 @@ def as_utc(value: datetime | None) -> datetime | None:
         return None
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:30+01:00 is before the year 1 in UTC
+        raise ValueError("out of range: in UTC it falls outside the years 1 to 9999") from None
+
+
+MAX_LABELS = 100  # labels of one run, flow, flow group or run config
+MAX_LABEL_LENGTH = 200
+Labels = Annotated[list[Annotated[str, Field(max_length=MAX_LABEL_LENGTH)]], Field(max_length=MAX_LABELS)]
+
+
+def _run_config(value: dict[str, Any]) -> dict[str, Any]:
+    """A run config's ``labels`` (runs take them when they name none) are labels like any others."""
+    labels = value.get("labels")
+    if labels is not None:
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ValueError("labels: expected a list of strings")
+        if len(labels) > MAX_LABELS or any(len(label) > MAX_LABEL_LENGTH for label in labels):
+            raise ValueError(f"labels: at most {MAX_LABELS} labels of at most {MAX_LABEL_LENGTH} characters")
+    return value
+
+
+RunConfig = Annotated[JsonObject, AfterValidator(_run_config)]
 
 
 def _iso_only(value: Any) -> Any:
@@ -66,8 +88,8 @@ class RegisterFlowRequest(_Request):
     project_name: str | None = None
     description: str | None = Field(None, max_length=10_000)
     parameters: list[ParameterSpec] = Field(default_factory=list)
-    labels: list[str] = Field(default_factory=list)
-    run_config: JsonObject | None = None
+    labels: Labels = Field(default_factory=list)
+    run_config: RunConfig | None = None
     storage: JsonObject | None = None
     schedule: JsonObject | None = None
     core_version: str | None = Field(None, max_length=100)
@@ -99,8 +121,8 @@ class RegisterFlowRequest(_Request):
 
 
 class UpdateFlowGroupRequest(_Request):
-    labels: list[str] | None = None
-    run_config: JsonObject | None = None
+    labels: Labels | None = None
+    run_config: RunConfig | None = None
     default_parameters: JsonObject | None = None
 
 
@@ -116,8 +138,8 @@ class CreateFlowRunRequest(_Request):
     project_name: str | None = None
     parameters: JsonObject | None = None
     context: JsonObject | None = None
-    labels: list[str] | None = None
-    run_config: JsonObject | None = None
+    labels: Labels | None = None
+    run_config: RunConfig | None = None
     flow_run_name: str | None = Field(None, min_length=1, max_length=200)
     scheduled_start_time: IsoDateTime | None = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_KEY_LENGTH)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -12,12 +13,30 @@ from typing_extensions import Annotated
 
 def _encodable(value: Any) -> Any:
     """Free-form JSON must survive our wire format (orjson): no integers beyond 64 bits, no lone
-    surrogates. Refused here, a bad value is a 422 naming its field rather than a 500 later."""
+    surrogates, no NaN or Infinity (a lenient JSON parser takes them; orjson would store null,
+    and a keyed retry of the same request would then differ from what was stored). Refused
+    here, a bad value is a 422 naming its field rather than a 500 or a silent change later."""
     try:
         orjson.dumps(value)
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"cannot be stored as JSON: {exc}") from None
+    if not _finite(value):
+        raise ValueError("cannot be stored as JSON: NaN and Infinity are not JSON numbers")
     return value
+
+
+def _finite(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is float:
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return True
 
 
 def json_integer(value: Any) -> Any:

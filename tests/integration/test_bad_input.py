@@ -30,12 +30,23 @@ def test_malformed_json(api, flow, nothing_written):
         ({"flow_id": "x", "scheduled_start_time": "2030-13-45T00:00:00"}, ["body", "scheduled_start_time"]),
         ({"flow_id": "x", "surprise": 1}, ["body", "surprise"]),
         ({"flow_id": "x", "idempotency_key": ""}, ["body", "idempotency_key"]),
+        ({"flow_id": "x", "scheduled_start_time": "0001-01-01T00:30:00+01:00"}, ["body", "scheduled_start_time"]),  # was a 500
+        ({"flow_id": "x", "run_config": {"labels": 5}}, ["body", "run_config"]),  # was a 500
+        ({"flow_id": "x", "run_config": {"labels": "gpu"}}, ["body", "run_config"]),  # was labels g, p, u
+        ({"flow_id": "x", "labels": [f"l{n}" for n in range(101)]}, ["body", "labels"]),
+        ({"flow_id": "x", "labels": ["x" * 201]}, ["body", "labels", 0]),
     ],
 )
 def test_wrong_types_and_bad_dates_name_the_field(api, body, loc, nothing_written):
     r = api.post("/flow_runs", json=body)
     assert r.status_code == 422, r.text
     assert any(e["loc"] == loc for e in r.json()["detail"]), r.json()
+
+
+def test_nan_is_not_json_even_where_the_parser_takes_it(api, nothing_written):
+    r = api.post("/flow_runs", content=b'{"flow_id": "x", "parameters": {"x": NaN}}', headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert any(e["loc"] == ["body", "parameters"] and "NaN" in e["msg"] for e in r.json()["detail"]), r.json()
 
 
 def test_no_flow_reference(api, nothing_written):
