@@ -177,6 +177,18 @@ class Application:
         flow = choose_flow_by_name(candidates, request.flow_name, request.project_name, await self.read.project_names())
         return flow, await self.read.flow_group(flow["version_group_id"])
 
+    async def _repeat_on_archived_flow(self, flow, flow_doc: Doc, group: Doc | None, request: api.CreateFlowRunRequest, now) -> Doc | None:
+        """A keyed create naming a flow archived since its first attempt (a new version was
+        registered in between) is a repeat: its run, as before the archiving; else None."""
+        if request.idempotency_key is None or not flow_doc["archived"]:
+            return None
+        run_id = await self.idempotency.recorded_run(flow.id, request.idempotency_key)
+        existing = await self.read.flow_run(run_id) if run_id is not None else None
+        if existing is None:
+            return None
+        check_repeat(request.idempotency_key, existing, resolve_flow_run(flow, False, group, request, run_id, now))
+        return public(existing)
+
     async def create_flow_run(self, request: api.CreateFlowRunRequest) -> tuple[Doc, bool]:
         """Returns the run and whether this request was deduplicated by its idempotency key."""
         for name in ("parameters", "context", "run_config"):
@@ -185,7 +197,13 @@ class Application:
         flow = _flow_definition(flow_doc)
         now = datetime.now(timezone.utc)
         run_id = str(uuid.uuid4())
-        spec = resolve_flow_run(flow, flow_doc["archived"], group, request, run_id, now)  # validates before any write
+        try:
+            spec = resolve_flow_run(flow, flow_doc["archived"], group, request, run_id, now)  # validates before any write
+        except RequestError:
+            repeat = await self._repeat_on_archived_flow(flow, flow_doc, group, request, now)
+            if repeat is None:
+                raise
+            return repeat, True
         if request.idempotency_key is None:
             outcome = _ok(await self.bus.send(run_id, c.CreateFlowRun(spec=spec)))
             return public(await self.read.flow_run(outcome["flow_run_id"])), False

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from runledger.domain.idempotency import ClaimResult, claim_value, interpret_claim, key_group, scoped_key
+from runledger.domain.idempotency import Action, ClaimResult, claim_value, interpret_claim, key_group, scoped_key
 from runledger.readmodel.indexes import FLOW_RUN
 from runledger.readmodel.keys import Keys
 from runledger.readmodel import planner
@@ -33,6 +33,14 @@ if old then
 end
 if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[1]) end
 return false
+"""
+# The run a key names, refreshing its TTL as a repeat does; nothing when it names none (no claim).
+_REFRESH = """
+local old = redis.call('GET', KEYS[1])
+if not old then return false end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+return old
 """
 # Turn our claim into the run id, only if the key still holds our claim.
 _CONFIRM = """
@@ -63,6 +71,16 @@ class IdempotencyStore:
         self.redis, self.keys, self.ttl = redis, keys, ttl_seconds
         self._claim = redis.register_script(_CLAIM)
         self._confirm = redis.register_script(_CONFIRM)
+        self._refresh = redis.register_script(_REFRESH)
+
+    async def recorded_run(self, flow_id: str, key: str) -> str | None:
+        """The run ``key`` names if its create was recorded (its TTL refreshed, as by a repeat);
+        None for a key that names none, or only a claim. Makes no claim."""
+        value = await self._refresh(keys=[self.keys.idempotency(scoped_key(flow_id, key))], args=[self.ttl])
+        if value is None:
+            return None
+        found = interpret_claim(value.decode(), "")
+        return found.run_id if found.action is Action.RETURN_EXISTING else None
 
     async def claim(self, flow_id: str, key: str, run_id: str, hold_seconds: float = 0.0) -> ClaimResult:
         """Claim ``key`` for ``run_id`` (or learn which run it names). While Redis's keys are being

@@ -33,6 +33,25 @@ def test_repeat_returns_the_same_run_flags_it_and_refreshes_the_ttl(api, project
     assert api.get(f"/flows/{f['id']}/flow_runs").json()["total"] == 1
 
 
+def test_a_repeat_after_its_flow_was_archived_gets_its_run_and_a_new_key_is_refused(api, project, redis_client):
+    """A client retrying its create (its first answer was lost) while a new version of the flow
+    was registered gets its run, not "flow is archived"; a new key on the archived flow is refused
+    and leaves no key behind."""
+    name = unique("flow")
+    v1 = register(api, project, name=name)
+    first = api.post("/flow_runs", json={"flow_id": v1["id"], "idempotency_key": "retry", "parameters": {}})
+    assert first.status_code == 201, first.text
+    register(api, project, name=name)  # archives v1
+    redis_client.expire(idem_key(v1["id"], "retry"), 100)
+    again = api.post("/flow_runs", json={"flow_id": v1["id"], "idempotency_key": "retry", "parameters": {}})
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"] and again.json()["deduplicated"] is True
+    assert redis_client.ttl(idem_key(v1["id"], "retry")) > 86400 - 5  # refreshed, as by any repeat
+    other = api.post("/flow_runs", json={"flow_id": v1["id"], "idempotency_key": "new"})
+    assert other.status_code == 422 and other.json()["detail"][0]["type"] == "archived", other.text
+    assert redis_client.get(idem_key(v1["id"], "new")) is None
+
+
 def test_keys_are_scoped_to_their_flow(api, project):
     a, b = register(api, project), register(api, project)
     ra = api.post("/flow_runs", json={"flow_id": a["id"], "idempotency_key": "same"}).json()
