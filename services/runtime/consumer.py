@@ -175,5 +175,23 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.service.on_revoked(sorted({tp.partition for tp in revoked}))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        await self.service.on_assigned(sorted({tp.partition for tp in assigned}))
-        self.service.assigned = True
+        """Takes over the partitions, waiting out a dependency outage: aiokafka only logs what a
+        listener raises, so a failed ``on_assigned`` (Redis down during a rebalance) would leave
+        the service not ready, its seeks undone, until the next rebalance."""
+        service, delay, waited = self.service, 0.1, False
+        while True:
+            try:
+                await service.on_assigned(sorted({tp.partition for tp in assigned}))
+                break
+            except DEPENDENCY_ERRORS as exc:
+                if not waited:
+                    service.log.warning("dependency unavailable while taking over partitions; waiting", error=repr(exc))
+                service.dependency_error, waited = repr(exc)[:300], True
+                if service.stopping.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if waited:
+            service.log.info("dependency back", was=service.dependency_error)
+            service.dependency_error = None
+        service.assigned = True

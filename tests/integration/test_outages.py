@@ -145,3 +145,30 @@ def test_a_full_redis_is_ridden_out_and_no_log_line_is_set_aside(own_stack):
         assert messages() == [f"while full {n}" for n in range(20)]
         assert _readiness(own_stack, "logs")[1]["dead_letters"] == dead_before
         eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
+
+
+def test_a_rebalance_while_redis_is_down_is_ridden_out(own_stack):
+    """A second projector joins while Redis is down: both take over partitions (their seeks need
+    Redis) once it is back, and say ready again; before, a failed takeover left them not ready
+    until the next rebalance."""
+    redis = own_stack.processes.pop("redis")
+    argv = redis.args
+    port = int(argv[argv.index("--port") + 1])
+    redis.send_signal(signal.SIGTERM)
+    redis.wait(timeout=10)
+    try:
+        own_stack.start_service("projector2", "projector")
+        eventually(lambda: _readiness(own_stack, "projector2")[0] == 503, what="second projector up, not ready")
+        time.sleep(4)  # the group rebalances onto two members while Redis is down
+        assert _readiness(own_stack, "projector")[0] == 503
+    finally:
+        log = open(own_stack.workdir / "redis.restarted-2.log", "ab")
+        own_stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(port)
+    try:
+        eventually(lambda: _readiness(own_stack, "projector")[0] == 200 and _readiness(own_stack, "projector2")[0] == 200,
+                   what="both projectors ready")
+        _all_alive(own_stack)
+    finally:
+        own_stack.kill("projector2", signal.SIGTERM)
+    eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
