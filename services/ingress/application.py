@@ -268,7 +268,8 @@ class Application:
 
     async def _run_command(self, run_id: str, payload, loc: tuple, command_id: str | None = None) -> dict[str, Any]:
         await self.get_flow_run(run_id, loc)
-        return _ok(await self.bus.send(run_id, payload, command_id=command_id))
+        scoped = c.client_command_id(run_id, payload, command_id) if command_id is not None else None
+        return _ok(await self.bus.send(run_id, payload, command_id=scoped))
 
     async def set_flow_run_state(self, run_id: str, request: api.SetStateRequest, loc=("path", "flow_run_id")) -> dict[str, Any]:
         self._check_size(("body", "state", "serialized"), request.state.serialized)
@@ -297,7 +298,9 @@ class Application:
 
     async def _task_run_command(self, task_run_id: str, make_payload, loc: tuple, command_id: str | None = None) -> dict[str, Any]:
         task_run = await self.get_task_run(task_run_id, loc)
-        return _ok(await self.bus.send(task_run["flow_run_id"], make_payload(task_run), command_id=command_id))
+        payload = make_payload(task_run)
+        scoped = c.client_command_id(task_run["flow_run_id"], payload, command_id) if command_id is not None else None
+        return _ok(await self.bus.send(task_run["flow_run_id"], payload, command_id=scoped))
 
     async def set_task_run_state(self, task_run_id: str, request: api.SetStateRequest, loc=("path", "task_run_id")) -> dict[str, Any]:
         self._check_size(("body", "state", "serialized"), request.state.serialized)

@@ -125,7 +125,9 @@ class CommandBus:
         self.settings = settings
         self.redis = redis
         self.keys = keys
-        self._pending: dict[str, asyncio.Future] = {}
+        # command id -> the futures of the callers waiting for its reply (two callers may send
+        # the same command: a client's retry while its first attempt still waits)
+        self._pending: dict[str, list[asyncio.Future]] = {}
         self.ready = False
         self.malformed_replies = 0
 
@@ -174,9 +176,9 @@ class CommandBus:
                         self.malformed_replies += 1
                         log.error("malformed reply skipped", partition=record.partition, offset=record.offset, error=str(exc)[:500])
                         continue
-                    future = self._pending.get(reply.command_id)
-                    if future is not None and not future.done():
-                        future.set_result(reply)
+                    for future in self._pending.get(reply.command_id, ()):
+                        if not future.done():
+                            future.set_result(reply)
 
     async def send(self, aggregate_id: str, payload, *, command_id: str | None = None, correlation_id: str | None = None) -> Reply:
         """Send one command and return the writer's verdict once its effects are readable."""
@@ -191,7 +193,7 @@ class CommandBus:
         )
         timeout = self.settings.command_timeout_seconds
         future = asyncio.get_running_loop().create_future()
-        self._pending[command.command_id] = future
+        self._pending.setdefault(command.command_id, []).append(future)
         # Fetch replies only while a command waits for one: an idle consumer costs the embedded
         # broker ~50 ms of CPU a second (bench/README.md "Broker CPU on the log path"). Paused, the
         # position stays put, so a resumed fetch still sees every reply produced meanwhile.
@@ -209,7 +211,11 @@ class CommandBus:
                 f"command {command.command_id} was not answered and readable within {timeout}s; it may still take effect"
             ) from None
         finally:
-            self._pending.pop(command.command_id, None)
+            waiting = self._pending.get(command.command_id, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._pending.pop(command.command_id, None)
             if not self._pending:
                 self.replies.pause(self._reply_tp)
         return reply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -187,6 +188,19 @@ class ReplyTo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     topic: str
     partition: int
+
+
+def client_command_id(aggregate_id: str, payload: BaseModel, client_id: str) -> str:
+    """A client's ``command_id`` as the writer's verdict window keys it. The window answers a
+    command id it has seen with its first verdict, so a client id alone would let a reuse for
+    another run, or for another command on the same run, get an earlier command's answer and
+    change nothing. Scoped to the run and the command itself, only a true repeat (same run,
+    same command, same id: a retry) gets the first answer; any other use is a command of its own."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (aggregate_id, payload.model_dump_json(), client_id):
+        raw = part.encode("utf-8", "surrogatepass")
+        digest.update(b"%d:" % len(raw) + raw)
+    return "client-" + digest.hexdigest()
 
 
 class CommandEnvelope(BaseModel):

@@ -147,3 +147,25 @@ def test_batch_task_run_state_updates(api, project):
     statuses = sorted(v["status"] for v in r.json()["states"])
     assert statuses == ["REJECTED", "SUCCESS"]
     assert api.get(f"/task_runs/{task_run['id']}").json()["version"] == 1
+
+
+async def test_a_command_id_names_one_command_of_one_run(aapi, api, project):
+    """A client's command_id makes a retry of the same command safe, and nothing more: reused for
+    another run or another command it is a command of its own (it used to get the first
+    command's answer and change nothing); two identical requests in flight both get the answer."""
+    f = register(api, project)
+    a, b = (api.post("/flow_runs", json={"flow_id": f["id"]}).json()["id"] for _ in range(2))
+
+    def post(run_id, state):
+        return api.post(f"/flow_runs/{run_id}/state", json={"state": {"type": state}, "version": None, "command_id": "c1"})
+
+    assert post(a, "Running").status_code == 200
+    assert post(b, "Running").status_code == 200
+    assert api.get(f"/flow_runs/{b}").json()["state"]["type"] == "Running"
+    done = post(a, "Success")
+    assert done.status_code == 200 and api.get(f"/flow_runs/{a}").json()["state"]["type"] == "Success"
+    again = post(a, "Success")  # a retry: the first answer, no second state
+    assert again.json()["version"] == done.json()["version"] == api.get(f"/flow_runs/{a}").json()["version"]
+    body = {"state": {"type": "Success"}, "version": None, "command_id": "twice"}
+    both = await asyncio.wait_for(asyncio.gather(*(aapi.post(f"/flow_runs/{b}/state", json=body) for _ in range(2))), 20)
+    assert [r.status_code for r in both] == [200, 200] and both[0].json()["version"] == both[1].json()["version"]
