@@ -45,12 +45,14 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
         return (actual is None) == bool(expected)
     if op == "_eq":
         return actual == expected or (actual is not None and _comparable(actual) == _comparable(expected))
+    # As in SQL (Hasura, Prefect Server): a null field is neither equal nor unequal to anything,
+    # so ``_neq`` and ``_nin`` never match it either (``_is_null`` asks for it).
     if op == "_neq":
-        return not _compare("_eq", actual, expected)
+        return actual is not None and not _compare("_eq", actual, expected)
     if op == "_in":
         return any(_compare("_eq", actual, e) for e in expected)
     if op == "_nin":
-        return not _compare("_in", actual, expected)
+        return actual is not None and not _compare("_in", actual, expected)
     if op in ("_contains", "_has_key", "_has_keys_all", "_has_keys_any"):
         # jsonb operators, for list fields (labels): every / any wanted element is present
         if not isinstance(actual, list):

@@ -62,3 +62,10 @@ def test_ordering_values_of_different_kinds_never_fails_and_a_bad_clause_is_name
     assert [d["v"] for d in order(docs, {"v": "asc"})] == [1.5, 2, "2024-01-01T00:00:00Z", "a", "b", None]
     with pytest.raises(ValueError, match="expected objects like"):
         order(docs, "name")
+
+
+def test_neq_and_nin_never_match_a_null_field_as_in_sql():
+    assert not matches({"end_time": None}, {"end_time": {"_neq": "2024-01-01T00:00:00Z"}})
+    assert not matches({"state": None}, {"state": {"_nin": ["Running"]}})
+    assert matches({"state": "Success"}, {"state": {"_nin": ["Running"]}})
+    assert matches({"end_time": None}, {"end_time": {"_is_null": True}})
