@@ -350,17 +350,26 @@ class SchedulingStore:
                 seen.add(run_id)
                 candidates.append((run_id, lsid))
         limited = sorted({label for _, lsid in candidates for label in sets[lsid] if label in label_limits})
-        free = {}
+        free: dict[str, int] = {}
+        holds: set[tuple[str, str]] = set()  # (label, run): the run already holds a slot of it
         if limited:
             used = await self.usage("label", limited)
             free = {label: label_limits[label]["limit"] - used[label] for label in limited}
+            # A Running run is due again when a task run of it is (a retry): it holds its slots
+            # already, so it needs no free one (else, at its own limit, it would never be offered).
+            run_ids = [run_id for run_id, _ in candidates]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for label in limited:
+                    pipe.smismember(self.k.occ("label", label), run_ids)
+                for label, flags in zip(limited, await pipe.execute()):
+                    holds.update((label, run_id) for run_id, flag in zip(run_ids, flags) if flag)
         eligible = []
         for run_id, lsid in candidates:
-            if any(label in free and free[label] <= 0 for label in sets[lsid]):
+            needed = [label for label in sets[lsid] if label in free and (label, run_id) not in holds]
+            if any(free[label] <= 0 for label in needed):
                 continue
-            for label in sets[lsid]:
-                if label in free:
-                    free[label] -= 1
+            for label in needed:
+                free[label] -= 1
             eligible.append(run_id)
             if len(eligible) >= (limit * 2 if leasing else limit):
                 break

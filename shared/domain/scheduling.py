@@ -161,7 +161,11 @@ class RunFacts:
         return self.state in FLOW_SLOT_STATES
 
     def task_slots(self) -> dict[str, tuple[str, ...]]:
-        """Task runs holding a slot, with their tags."""
+        """Task runs holding a slot, with their tags. None once the flow run has finished: a task
+        run left Running by a flow run that ended (an operator marked it Failed after its agent
+        died) runs no more, and would hold its tag's slot for ever."""
+        if is_finished(self.state):
+            return {}
         return {t.id: t.tags for t in self.task_runs.values() if t.state in TASK_SLOT_STATES and t.tags}
 
     def last_activity(self, heartbeat: datetime | None) -> datetime | None:

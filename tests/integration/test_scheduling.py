@@ -254,6 +254,22 @@ def test_a_label_at_its_limit_is_neither_offered_nor_claimable_and_agentless_run
     eventually(lambda: set_state(http, r2["id"], "Running", get(http, r2["id"])["version"]).json().get("state") == "Running")
 
 
+def test_a_running_run_at_its_own_label_limit_is_offered_again_for_a_task_retry(http, project):
+    """It holds the label's only slot itself: its due task retry needs no free one (it was never
+    offered again, and nothing else would move it: stuck for ever, holding the slot)."""
+    f = flow(http, project, tasks=[{"id": "t1", "slug": "t1-1", "name": "t1"}])
+    label = u("gpu")
+    assert http.put(f"/api/v1/concurrency_limits/flow_runs/{label}", json={"limit": 1}).status_code == 200
+    r = run(http, f, [label], datetime.now(timezone.utc) - timedelta(seconds=5))
+    assert set_state(http, r["id"], "Submitted", 1).status_code == 200
+    assert set_state(http, r["id"], "Running", 2).status_code == 200
+    (task_run,) = http.get(f"/api/v1/flow_runs/{r['id']}/task_runs").json()
+    retry_at = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    assert http.post(f"/api/v1/task_runs/{task_run['id']}/state", json={"state": {"type": "Running"}}).status_code == 200
+    assert http.post(f"/api/v1/task_runs/{task_run['id']}/state", json={"state": {"type": "Retrying", "start_time": retry_at}}).status_code == 200
+    eventually(lambda: poll(http, [label]) == [r["id"]])
+
+
 def test_task_tag_limit_answers_queued_and_a_slot_frees(http, project):
     tag = u("db")
     f = flow(http, project, tasks=[{"id": "t1", "slug": "t1-1", "name": "t1", "tags": [tag]}])

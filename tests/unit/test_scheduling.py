@@ -86,6 +86,13 @@ def test_due_time_and_slots_follow_the_run():
     assert run.due_at is None and not run.holds_slot
 
 
+def test_a_finished_flow_run_holds_no_task_slot_whatever_its_task_runs_say():
+    run = facts(*created(["x"], tags=(["db"], [])), flow_state(S.RUNNING, 1), task_state(0, S.RUNNING, 1))
+    assert run.task_slots() == {"run-1-tr0": ("db",)}
+    run.apply(flow_state(S.FAILED, 2, message="marked failed: its agent died"), at(9))  # the task run stays Running
+    assert run.task_runs["run-1-tr0"].state is S.RUNNING and run.task_slots() == {}
+
+
 POLICY = RecoveryPolicy(timedelta(seconds=10), timedelta(seconds=10), timedelta(seconds=10), 3)
 
 
