@@ -28,6 +28,10 @@ Rule = Callable[[Transition], "str | None"]
 
 
 def finished_runs_restart_only_through_scheduled(t: Transition) -> str | None:
+    """Except a Looped task run: Prefect's LOOP signal runs the task again (Looped, then Pending
+    and Running) in the same task run."""
+    if t.subject == "task run" and t.current is S.LOOPED and t.proposed in (S.PENDING, S.RUNNING):
+        return None
     if is_finished(t.current) and not is_finished(t.proposed) and not is_scheduled(t.proposed):
         return (
             f"a finished {t.subject} ({t.current.value}) can only be restarted through a Scheduled "

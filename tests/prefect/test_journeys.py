@@ -210,3 +210,38 @@ def test_a_flow_run_executed_by_the_cloud_flow_runner(prefect, flow_file):
     assert seen["states"] == ["Scheduled", "Running", "Success"]
     assert seen["result"] == seen["again"] == "HELLO MARVIN"
     assert seen["all"] == [["say_hello-1", "Success"], ["shout-1", "Success"], ["who", "Success"]]
+
+
+LOOPING_TASK = '''
+from prefect.engine import signals
+
+
+@task
+def count_to_three():
+    n = (prefect.context.get("task_loop_result") or 0) + 1
+    if n < 3:
+        raise signals.LOOP(result=n)
+    return n
+
+
+flow.add_task(count_to_three)
+'''
+
+
+def test_a_looping_task_runs_again_in_its_task_run(prefect, tmp_path):
+    """Prefect's LOOP signal: the task run goes Looped, then Running again, in the same task run
+    (the writer refused Looped -> Running as a finished run moving on, and the task ended ClientFailed)."""
+    flow_file = write_flow(tmp_path / "flows", unique("looping"), extra=LOOPING_TASK)
+    flow_id = register(prefect, flow_file, unique("loops"))
+    run_id = execute_a_run(prefect, flow_id)
+    seen = last_json(
+        prefect.python(
+            f"""
+            import json
+            from prefect.backend import FlowRunView
+            task = FlowRunView.from_flow_run_id("{run_id}").get_task_run(task_slug="count_to_three-1")
+            print(json.dumps({{"state": type(task.state).__name__, "result": task.get_result()}}))
+            """
+        )
+    )
+    assert seen == {"state": "Success", "result": 3}

@@ -26,7 +26,8 @@ def violated(subject: str, current: str, proposed: str, flow_state: str) -> set[
         out.add("runs_are_submitted_once")
     if current == "Cancelled" and proposed not in SCHEDULED:
         out.add("cancelled_runs_move_only_by_restart")
-    if current in FINISHED and proposed not in FINISHED | SCHEDULED:
+    looping = subject == "task run" and current == "Looped" and proposed in ("Pending", "Running")  # Prefect's LOOP signal
+    if current in FINISHED and proposed not in FINISHED | SCHEDULED and not looping:
         out.add("finished_runs_restart_only_through_scheduled")
     if proposed == "Cancelling" and current != "Running":
         out.add("cancelling_only_from_running")

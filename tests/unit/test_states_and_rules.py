@@ -103,6 +103,13 @@ def flow(current, proposed):
     return Transition("flow run", current, proposed, current)
 
 
+def test_a_looped_task_run_runs_again_as_prefects_loop_signal_does():
+    for proposed in (S.PENDING, S.RUNNING):
+        assert check_transition(Transition("task run", S.LOOPED, proposed, S.RUNNING)) is None
+    assert check_transition(Transition("task run", S.LOOPED, S.SUBMITTED, S.RUNNING)) is not None
+    assert check_transition(flow(S.LOOPED, S.RUNNING)) is not None  # a flow run does not loop
+
+
 # For each rule: transitions that *only* this rule refuses (so check_transition must name it),
 # and transitions it allows.
 ONLY_THIS_RULE = {
