@@ -45,6 +45,10 @@ READER_FETCH_WAIT_MS = 500
 RESTORE_DECODES = 2
 
 
+class SecondWriter(RuntimeError):
+    """Events of another producer in a partition this writer holds: exit, rebuild from the log."""
+
+
 class PartitionBook:
     def __init__(self, settings: Settings, ledger: Ledger | None = None, position: int = 0) -> None:
         self.ledger = ledger or Ledger(settings.dedup_window, max_hot=settings.writer_hot_aggregates)
@@ -349,7 +353,17 @@ class TransitionsService(ConsumerService):
             book = self.books[partition]
             if sends:
                 metadata = await asyncio.gather(*sends)
-                book.next_event_offset = max(book.next_event_offset, metadata[-1].offset + 1)
+                offsets = [m.offset for m in metadata]
+                if offsets != list(range(book.next_event_offset, book.next_event_offset + len(offsets))):
+                    # Another producer appended to our partition: a writer that lost the partition
+                    # without knowing (a stall past the session timeout) and is still writing, or
+                    # we are that writer. Either way this book no longer reflects the log: answer
+                    # nothing, exit, and let a fresh start rebuild the partition from the log.
+                    raise SecondWriter(
+                        f"events partition {partition}: our events landed at offsets {offsets[0]}..{offsets[-1]}, "
+                        f"expected from {book.next_event_offset}; another writer appended to it"
+                    )
+                book.next_event_offset = offsets[-1] + 1
             if command.reply_to is None:
                 continue
             # Every answer, even a rejection or a no-op repeat, names the partition's last event:

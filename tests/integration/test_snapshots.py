@@ -297,3 +297,44 @@ def test_an_unreadable_snapshot_falls_back_to_a_full_replay(own_stack):
     with httpx.Client(base_url=stack.api_url + "/api/v1", timeout=60) as api:
         project = api.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"})
         assert project.status_code == 201, project.text
+
+
+async def _append_a_copy_of_the_last_event(stack, partition: int) -> None:
+    """What a second writer does: append to the partition behind the owner's back (a copy of its
+    last event: a repeat the ledger and the read models drop by its sequence number)."""
+    settings = stack.settings()
+    topics = topics_for(settings)
+    tp = TopicPartition(topics.events.name, partition)
+    consumer, producer = kafka.consumer(settings), kafka.producer(settings)
+    await asyncio.gather(consumer.start(), producer.start())
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, end - 1)
+        (last,) = (await consumer.getmany(tp, timeout_ms=5000, max_records=1))[tp]
+        await producer.send_and_wait(tp.topic, last.value, key=last.key, partition=partition)
+    finally:
+        await asyncio.gather(consumer.stop(), producer.stop())
+
+
+def test_a_second_writer_in_its_partition_makes_the_writer_exit_and_its_successor_rebuild(own_stack):
+    from runledger.partitioning import partition_for
+
+    stack = own_stack
+    with httpx.Client(base_url=stack.api_url + "/api/v1", timeout=60) as api:
+        project = api.post("/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"}).json()
+        flow = api.post("/flows", json={"name": f"f-{uuid.uuid4().hex[:8]}", "project_id": project["id"]}).json()
+        run_id = api.post("/flow_runs", json={"flow_id": flow["id"]}).json()["id"]
+        asyncio.run(_append_a_copy_of_the_last_event(stack, partition_for(run_id, stack.partitions)))
+        try:
+            api.post(f"/flow_runs/{run_id}/state", json={"state": {"type": "Submitted"}, "version": 1}, timeout=5)
+        except httpx.TimeoutException:
+            pass  # not answered: the writer stops before it answers
+        eventually(lambda: stack.processes["transitions"].poll() is not None, what="the writer exited")
+        assert "another writer appended to it" in (stack.workdir / "transitions.log").read_text()
+        stack.restart("transitions")
+        stack.wait_ready("transitions", 90)
+        run = eventually(lambda: (doc := api.get(f"/flow_runs/{run_id}").json()).get("version") == 2 and doc, what="the claim applied once")
+        assert run["state"]["type"] == "Submitted"
+        again = api.post(f"/flow_runs/{run_id}/state", json={"state": {"type": "Running"}, "version": 2})
+        assert again.status_code == 200 and again.json()["version"] == 3, again.text
