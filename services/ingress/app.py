@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from runledger.services.ingress.responses import JSONResponse
 
 from runledger.services.ingress.application import Application, CommandRejected
-from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, documented, http_status
+from runledger.services.ingress.errors import OUTAGES, RETRY_AFTER_SECONDS, documented, http_status, outage_message
 from runledger.services.runtime.bus import CommandBus, CommandTimeout
 from runledger.services.ingress.rest import router
 from runledger.services.ingress.rest_logs import router as logs_router
@@ -246,7 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         @app.exception_handler(outage)
         async def dependency_down(request: Request, exc: Exception):
             log.warning("dependency unavailable", path=request.url.path, error=repr(exc)[:300])
-            return unavailable(f"a dependency is unavailable ({type(exc).__name__}); retry shortly")
+            return unavailable(outage_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

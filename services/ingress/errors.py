@@ -40,6 +40,14 @@ RETRY_AFTER_SECONDS = 1
 OUTAGE_GRAPHQL_CODE = "API_ERROR"
 
 
+def outage_message(exc: Exception) -> str:
+    """What a caller is told about an outage: our own reasons as they are, a client library's
+    errors by their kind only (their text may name hosts and internals)."""
+    if isinstance(exc, RestoringFromLog):
+        return f"{exc}; retry shortly"
+    return f"a dependency is unavailable ({type(exc).__name__}); retry shortly"
+
+
 # -- how the statuses above are documented in the OpenAPI document ------------------------------
 # Every REST route names what it can answer with ``responses=documented(...)``; the bodies are the
 # shapes the exception handlers in ``app.py`` write.

@@ -107,9 +107,10 @@ class SchedKeys:
 
 
 # Grant a slot on every (occ, resv, limit) triple, or name the first that is full; refuse ({-1})
-# while the scheduling service has not written the holders of every partition again after Redis
-# lost them (a ``written:<p>`` marker missing): an empty holder set then means "not known yet".
-# KEYS: occ1, resv1, occ2, resv2, ..., then written:0 .. written:P-1;
+# while the holders may be behind the log: a ``written:<p>`` marker is missing (Redis lost its
+# data, or the partition's new owner is replaying it), or ``alive`` is (no scheduling service is
+# running: a granted claim's reservation would expire before anyone adds its run to the holders).
+# KEYS: occ1, resv1, occ2, resv2, ..., then written:0 .. written:P-1, alive;
 # ARGV: member, now, expiry, n (the number of pairs), limit1 .. limitn
 _GRANT = """
 local member, now, expiry, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -264,8 +265,7 @@ class SchedulingStore:
 
     async def grant(self, kind: str, names_limits: list[tuple[str, int]], member: str, ttl_ms: int) -> tuple[Denied | None, int]:
         """Reserve a slot under every limited name for ``member``; returns (denial, expiry).
-        ``RestoringFromLog`` while the holders are not all written (no scheduling service has
-        rewritten some partition's holders since Redis lost them)."""
+        ``RestoringFromLog`` while the holders may be behind the log (see ``_GRANT``)."""
         if not names_limits:
             return None, 0
         now = now_ms()
@@ -273,13 +273,15 @@ class SchedulingStore:
         keys = []
         for name, _ in names_limits:
             keys += [self.k.occ(kind, name), self.k.resv(kind, name)]
-        keys += [self.k.written(p) for p in range(self.rm.partitions)]
+        keys += [*(self.k.written(p) for p in range(self.rm.partitions)), self.k.alive]
         result = await self._grant(keys=keys, args=[member, now, expiry, len(names_limits), *(limit for _, limit in names_limits)])
         index, used, limit = (int(x) for x in result)
         if index == 0:
             return None, expiry
         if index < 0:
-            raise RestoringFromLog("slot holders are being written again by the scheduling service after Redis lost them")
+            raise RestoringFromLog(
+                "concurrency slots cannot be granted now: no scheduling service is running, or it is rebuilding the slot holders from the log"
+            )
         return Denied(kind, names_limits[index - 1][0], used, limit), expiry
 
     async def release(self, kind: str, names: list[str], member: str, expiry: int) -> None:

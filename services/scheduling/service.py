@@ -225,6 +225,8 @@ class SchedulingService(ConsumerService):
             ends = await self.consumer.end_offsets(tps) if tps else {}
             starts = await self.consumer.beginning_offsets(tps) if tps else {}
             new = [tp for tp in tps if tp.partition not in self.parts]
+            if new:  # the slot gate refuses until our replay has written their holders again
+                await self.redis.delete(*(self.store.k.written(tp.partition) for tp in new))
             for tp in new:  # new to us: rebuild its facts from the start
                 self.parts[tp.partition] = PartitionState(tp.partition, ends[tp], starts[tp])
                 self.consumer.seek(tp, starts[tp])

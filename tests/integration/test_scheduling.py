@@ -374,6 +374,30 @@ def test_group_settings_switch_lazarus_off(http, project):
 
 # -- no leaked slot --------------------------------------------------------------------------------------
 @pytest.mark.slow
+def test_no_slot_is_granted_while_no_scheduling_service_runs(http, project, sstack):
+    """Nobody would add the claimed run to the label's holders: its reservation would expire (the
+    claim TTL) and a second claim get the same slot. The gate answers 503 until the service is back."""
+    f = flow(http, project)
+    assert http.patch(f"/api/v1/flow_groups/{f['version_group_id']}/settings", json={"lazarus_enabled": False}).status_code == 200
+    label = u("down")
+    assert http.put(f"/api/v1/concurrency_limits/flow_runs/{label}", json={"limit": 1}).status_code == 200
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    first, second = (run(http, f, [label], past) for _ in range(2))
+    sstack.kill("scheduling")
+    try:
+        redis = sstack.redis_client()
+        eventually(lambda: not redis.keys("*:{sched}:alive"), timeout=20)  # its liveness has expired
+        refused = set_state(http, first["id"], "Submitted", 1)
+        assert refused.status_code == 503 and "no scheduling service is running" in refused.text, refused.text
+    finally:
+        sstack.restart("scheduling")
+        sstack.wait_ready("scheduling", 60)
+    eventually(lambda: set_state(http, first["id"], "Submitted", 1).status_code == 200, timeout=20)
+    time.sleep(6)  # past the claim TTL (5 s here): the holder is the run itself now, not a reservation
+    assert set_state(http, second["id"], "Submitted", 1).status_code == 409
+
+
+@pytest.mark.slow
 def test_slots_come_back_after_kill_9_of_the_scheduling_service_and_an_agent(http, project, sstack):
     f = flow(http, project)
     label = u("k9")

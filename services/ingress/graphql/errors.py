@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from runledger.domain.run_requests import RequestError
 from runledger.services.ingress.application import CommandRejected
-from runledger.services.ingress.errors import OUTAGE_GRAPHQL_CODE, OUTAGES, graphql_code
+from runledger.services.ingress.errors import OUTAGE_GRAPHQL_CODE, OUTAGES, graphql_code, outage_message
 from runledger.services.runtime.bus import CommandTimeout
 
 
@@ -34,7 +34,7 @@ def translated(exc: BaseException) -> GraphQLError | None:
     if isinstance(exc, CommandTimeout):
         return error(str(exc), OUTAGE_GRAPHQL_CODE)
     if isinstance(exc, OUTAGES):
-        return error(f"a dependency is unavailable ({type(exc).__name__}); retry shortly", OUTAGE_GRAPHQL_CODE)
+        return error(outage_message(exc), OUTAGE_GRAPHQL_CODE)
     return None
 
 
