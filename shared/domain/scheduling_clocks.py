@@ -59,16 +59,37 @@ def clocks_of(schedule: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _interval_events(clock: dict, after: datetime, n: int) -> list[datetime]:
+    """As Prefect 1.x's IntervalClock computes them (pendulum): the k-th start is the anchor plus
+    k intervals, added on the anchor's wall clock once the span holds whole days (a daily clock
+    at 9:00 stays at 9:00 across DST), in absolute time below a day; k begins at the first span
+    that ends after ``after`` (counted in absolute time), and starts before ``after`` are skipped."""
     interval = timedelta(microseconds=int(clock["interval"]))
     if interval <= timedelta(0):
         raise UnsupportedSchedule("an IntervalClock needs a positive interval")
     anchor = parse_datetime(clock.get("start_date")) or DEFAULT_INTERVAL_ANCHOR
-    if anchor > after:
-        first = anchor
-    else:
-        steps = (after - anchor) // interval + 1
-        first = anchor + steps * interval
-    return [first + i * interval for i in range(n)]
+    k = 0 if after < anchor else (after - anchor) // interval + 1
+    out: list[datetime] = []
+    while len(out) < n:
+        span = interval * k
+        k += 1
+        # pendulum's add(days=, seconds=): with whole days, all of it on the wall clock; without, in absolute time
+        start = _on_wall_clock(anchor, span).astimezone(timezone.utc) if span.days else anchor.astimezone(timezone.utc) + span
+        if start >= after:
+            out.append(start)
+    return out
+
+
+def _on_wall_clock(t: datetime, span: timedelta) -> datetime:
+    """``t`` plus ``span`` on its zone's wall clock, as pendulum resolves the result: a wall time
+    that happens twice (clocks set back) is the later one; one that never happens (clocks set
+    forward) moves forward by the gap."""
+    wall = t + span  # the same tzinfo: wall-clock arithmetic; fold=0 moves a gap forward
+    later = wall.replace(fold=1)
+    if later.utcoffset() != wall.utcoffset():
+        back = later.astimezone(timezone.utc).astimezone(wall.tzinfo)
+        if back.replace(tzinfo=None, fold=0) == wall.replace(tzinfo=None):  # happens twice, not a gap
+            return later
+    return wall
 
 
 def _cron_events(clock: dict, after: datetime, n: int) -> list[datetime]:

@@ -3,7 +3,9 @@ parameter defaults and labels, bounds; deterministic run ids."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +58,17 @@ def test_run_ids_are_deterministic_per_flow_clock_instant_and_epoch():
     same = parse_datetime("2026-01-01T08:00:00Z")
     assert scheduled_run_id("f", t) == scheduled_run_id("f", same)
     assert len({scheduled_run_id("f", t), scheduled_run_id("f", t, 1), scheduled_run_id("f", t, 0, 1), scheduled_run_id("g", t)}) == 4
+
+
+RECORDED = json.loads((Path(__file__).parent.parent / "fixtures" / "prefect_interval_clocks.json").read_text())
+
+
+@pytest.mark.parametrize("case, expected", list(zip(RECORDED["cases"], RECORDED["expected"])), ids=lambda v: str(v)[:60])
+def test_interval_clocks_give_what_prefect_1_4_1_gives_across_dst(case, expected):
+    """Recorded from Prefect's own IntervalClock (tests/fixtures/record_prefect_interval_clocks.py):
+    anchors and dates around DST changes, intervals below, at and above a day."""
+    zone, start, seconds, after = case
+    schedule = {"type": "Schedule", "clocks": [{"type": "IntervalClock", "interval": seconds * 1_000_000, "start_date": {"dt": start, "tz": zone}}]}
+    strictly_after = [e for e in expected if datetime.fromisoformat(e) > datetime.fromisoformat(after)]  # Prefect may give one at `after`
+    got = [o.start.isoformat() for o in next_occurrences(schedule, datetime.fromisoformat(after), len(strictly_after))]
+    assert got == strictly_after
