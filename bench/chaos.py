@@ -60,6 +60,10 @@ from typing import Any
 import httpx
 import orjson
 
+from runledger import api_models as api
+from runledger.messages.commands import client_command_id
+from runledger.services.ingress.application import state_command
+
 LABEL = "chaos"  # the flow's label: its runs hold slots under it (when a scheduling service runs)
 NEXT_STATE = {"Scheduled": "Submitted", "Submitted": "Running", "Running": "Success", "Success": "Scheduled"}
 INFRA = ("broker", "redis")
@@ -535,7 +539,8 @@ async def verify(stack, client: httpx.AsyncClient, load: Load, rec: Recorder, fl
     for op in rec.ops:
         if op.kind != "state":
             continue
-        cid = op.body["command_id"]
+        # the command id the writer saw (and the events name): the client's, scoped to its run and command
+        cid = client_command_id(op.run_id, state_command(api.SetStateRequest.model_validate(op.body)), op.body["command_id"])
         if op.status == 200:
             evs = caused.get(cid, [])
             if not evs:

@@ -82,6 +82,12 @@ def _decode_cursor(cursor: str, fingerprint: str) -> tuple[float, str]:
     return position
 
 
+
+def state_command(request: api.SetStateRequest) -> c.SetFlowRunState:
+    """The writer's command for a flow run's state request. With a client ``command_id`` it
+    travels as ``client_command_id(run, this command, id)``."""
+    return c.SetFlowRunState(state=request.state.to_state(), version=request.version)
+
 class Application:
     def __init__(self, settings: Settings, bus: CommandBus, read: ReadModels, idempotency: IdempotencyStore) -> None:
         self.settings, self.bus, self.read, self.idempotency = settings, bus, read, idempotency
@@ -273,8 +279,7 @@ class Application:
 
     async def set_flow_run_state(self, run_id: str, request: api.SetStateRequest, loc=("path", "flow_run_id")) -> dict[str, Any]:
         self._check_size(("body", "state", "serialized"), request.state.serialized)
-        payload = c.SetFlowRunState(state=request.state.to_state(), version=request.version)
-        return await self._run_command(run_id, payload, loc, request.command_id)
+        return await self._run_command(run_id, state_command(request), loc, request.command_id)
 
     async def cancel_flow_run(self, run_id: str, message: str | None) -> dict[str, Any]:
         return await self._run_command(run_id, c.CancelFlowRun(message=message), ("path", "flow_run_id"))

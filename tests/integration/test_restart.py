@@ -22,7 +22,9 @@ async def _load(stack, run_ids, kill_after: int, victim: str):
     sem = asyncio.Semaphore(CONCURRENCY)
     killed = asyncio.Event()
 
-    async with httpx.AsyncClient(base_url=stack.api_url + "/api/v1", timeout=90, limits=httpx.Limits(max_connections=64)) as client:
+    # keep-alive shorter than uvicorn's 5 s: reusing a connection the server is closing is a ReadError
+    limits = httpx.Limits(max_connections=64, keepalive_expiry=2)
+    async with httpx.AsyncClient(base_url=stack.api_url + "/api/v1", timeout=90, limits=limits) as client:
 
         async def one(n: int):
             run_id = run_ids[n % len(run_ids)]
