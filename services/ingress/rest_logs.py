@@ -94,13 +94,26 @@ class LogsContext:
         await self.redis.aclose()
 
     async def feed(self, run_id: str) -> "RunFeed":
-        feed = self.feeds.get(run_id)
-        if feed is None:
-            feed = RunFeed(self, run_id)
-            self.feeds[run_id] = feed
-            await feed.start()
-        await feed.started.wait()
-        return feed
+        """The run's feed, started by the first watcher. A start that fails (Redis down, or that
+        watcher gone meanwhile) leaves no feed behind: the watchers waiting on it start another,
+        or fail themselves (their stream drops; the client reconnects)."""
+        while True:
+            feed = self.feeds.get(run_id)
+            if feed is None:
+                feed = RunFeed(self, run_id)
+                self.feeds[run_id] = feed
+                try:
+                    await feed.start()
+                except BaseException:
+                    if self.feeds.get(run_id) is feed:
+                        del self.feeds[run_id]
+                    feed.failed = True
+                    feed.close()
+                    feed.started.set()
+                    raise
+            await feed.started.wait()
+            if not feed.failed:
+                return feed
 
 
 def logs_of(request_or_app) -> LogsContext:
@@ -370,6 +383,7 @@ class RunFeed:
         self.ctx, self.run_id = ctx, run_id
         self.queues: set[asyncio.Queue] = set()
         self.started = asyncio.Event()
+        self.failed = False  # its start failed: never set up, waiters go elsewhere
         self.task: asyncio.Task | None = None
         self.last = "0-0"
         self.closed = False  # a cancel can be lost (runtime/tasks.py): the loop also checks this
@@ -452,6 +466,8 @@ async def watch_events(request: Request, run_id: str, last_event_id: str | None,
             if len(chunk) < 2000:
                 break
             after = chunk[-1][0]
+        if not history and last_event_id and await _ended_at(ctx, run_id, last_event_id):
+            return  # a client reconnecting after the end (an EventSource does): nothing more will come
         if not history and not last_event_id and run is not None and _logs_expired(run, ctx.settings.logs_retention_days):
             # Nothing left to replay and nothing will come: the final state, then the end.
             state = run["state"]
@@ -490,6 +506,17 @@ async def watch_events(request: Request, run_id: str, last_event_id: str | None,
                     return
     finally:
         feed.unsubscribe(queue)
+
+
+async def _ended_at(ctx: LogsContext, run_id: str, entry_id: str) -> bool:
+    """Whether ``entry_id`` is the stream's end: the expired-logs end, or an end marker after a
+    finished state."""
+    if entry_id == EXPIRED_END_ID:
+        return True
+    raw = await ctx.redis.xrange(ctx.store.timeline_key(run_id), min=entry_id, max=entry_id)
+    if not raw or entry_view(entry_id, raw[0][1])[0] != "end":
+        return False
+    return _finished(await _last_state_before(ctx, run_id, entry_id))
 
 
 async def _last_state_before(ctx: LogsContext, run_id: str, entry_id: str) -> str | None:

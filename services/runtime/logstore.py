@@ -177,13 +177,21 @@ return redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARG
 """
 
 
+# Above every member: members start with 16 digits, then a digit ('~' sorts after digits).
+_PAST_THE_END = "(" + "9" * 16 + "~"
+
+
 def _bound(t: datetime | None, inclusive: bool, upper: bool) -> str:
     if t is None:
         return "+" if upper else "-"
     us = min(max(micros(t), 0), MAX_US)
     if upper:  # members of timestamp us start with that 16-digit prefix
-        return f"({us + 1:016d}" if inclusive else f"({us:016d}"
-    return f"[{us:016d}" if inclusive else f"[{us + 1:016d}"
+        if inclusive:
+            return f"({us + 1:016d}" if us < MAX_US else "+"
+        return f"({us:016d}"
+    if inclusive:
+        return f"[{us:016d}"
+    return f"[{us + 1:016d}" if us < MAX_US else _PAST_THE_END
 
 
 def encode_cursor(member: str) -> str:

@@ -96,6 +96,16 @@ def test_history_then_live_then_end_after_the_last_lines(logs_stack, lapi):
     assert summary(read_events(logs_stack, rid)) == summary(received)
 
 
+def test_a_reconnect_after_the_end_gets_an_ended_stream(logs_stack, lapi):
+    """An EventSource reconnects by itself after the server closes: with the end's id it gets
+    nothing and an ended stream (it used to get keep-alives for ever)."""
+    rid = new_run(lapi)["id"]
+    set_state(lapi, rid, "Success", "done")
+    events = read_events(logs_stack, rid)
+    assert events[-1]["event"] == "end"
+    assert read_events(logs_stack, rid, last_event_id=events[-1]["id"], timeout=10) == []
+
+
 def test_last_event_id_resumes_without_gap_or_repeat(logs_stack, lapi):
     rid = new_run(lapi)["id"]
     post_logs(lapi, rid, *[f"a{i}" for i in range(5)])
@@ -245,6 +255,8 @@ def test_a_run_whose_logs_expired_is_watched_to_its_final_state():
             assert wait_for(lambda: redis.keys(f"*logs:{{{rid}}}:tl"))  # stored ...
             assert wait_for(lambda: not redis.keys(f"*logs:{{{rid}}}:*"))  # ... and expired
             version = api.get(f"/flow_runs/{rid}").json()["version"]
-            assert summary(read_events(stack, rid, timeout=10)) == [("state", "Success"), ("end", version)]
+            events = read_events(stack, rid, timeout=10)
+            assert summary(events) == [("state", "Success"), ("end", version)]
+            assert read_events(stack, rid, last_event_id=events[-1]["id"], timeout=10) == []  # a reconnect after the end ends
     finally:
         stack.stop()
