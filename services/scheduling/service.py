@@ -343,9 +343,10 @@ class SchedulingService(ConsumerService):
                             pipe.zrem(k.resv("tag", tag), task.id)
                         else:
                             pipe.srem(k.occ("tag", tag), task.id)
-                if is_finished(run.state):
-                    pipe.hdel(k.heartbeats, run.id)
-                    pipe.hdel(k.heartbeats_logged, run.id)
+                if is_finished(run.state):  # its heartbeats and its task runs' (``t:<id>``) are done
+                    beats = [run.id, *(f"t:{task_run_id}" for task_run_id in run.task_runs)]
+                    pipe.hdel(k.heartbeats, *beats)
+                    pipe.hdel(k.heartbeats_logged, *beats)
             for part in stamp:
                 if part in whole:
                     pipe.set(k.written(part.partition), part.position)

@@ -370,6 +370,9 @@ def test_cancel_rename_and_heartbeats(gql, gflow, api):
     assert gql('mutation { set_task_run_name(input: {task_run_id: "%s", name: "tr-name"}) { success } }' % task_run_id)["data"]["set_task_run_name"]["success"]
     assert gql('mutation { update_task_run_heartbeat(input: {task_run_id: "%s"}) { success } }' % task_run_id)["data"]
     assert gql('{ task_run_by_pk(id: "%s") { name heartbeat } }' % task_run_id)["data"]["task_run_by_pk"]["name"] == "tr-name"
+    for field, subject, name in (("set_flow_run_name", "flow_run_id: \"%s\"" % run_id, ""), ("set_task_run_name", "task_run_id: \"%s\"" % task_run_id, "x" * 201)):
+        refused = gql('mutation { %s(input: {%s, name: "%s"}) { success } }' % (field, subject, name), expect_errors=True)["errors"][0]
+        assert refused["extensions"]["code"] == "BAD_USER_INPUT" and refused["extensions"]["errors"][0]["loc"] == ["name"], refused  # as REST checks it
 
 
 def test_create_project(gql):

@@ -345,6 +345,20 @@ def test_heartbeats_keep_a_run_alive_and_stay_out_of_the_log(http, project, ssta
     eventually(lambda: get(http, r["id"])["state"]["type"] == "Scheduled", timeout=20)
 
 
+def test_a_finished_runs_heartbeats_and_its_task_runs_are_dropped_from_redis(http, project, sstack):
+    f = flow(http, project, tasks=[{"id": "t1", "slug": "t1-1", "name": "t1"}])
+    r = run(http, f, [])
+    assert set_state(http, r["id"], "Running", 1).status_code == 200
+    (task_run,) = http.get(f"/api/v1/flow_runs/{r['id']}/task_runs").json()
+    assert http.post(f"/api/v1/flow_runs/{r['id']}/heartbeat").status_code == 200
+    assert http.post(f"/api/v1/task_runs/{task_run['id']}/heartbeat").status_code == 200
+    redis = sstack.redis_client()
+    beats = {r["id"].encode(), f"t:{task_run['id']}".encode()}
+    assert beats <= set(redis.hkeys("rl:{sched}:hb"))
+    assert set_state(http, r["id"], "Success").status_code == 200
+    eventually(lambda: not beats & (set(redis.hkeys("rl:{sched}:hb")) | set(redis.hkeys("rl:{sched}:hb_logged"))))
+
+
 def test_zombie_killer_retries_or_fails_running_task_runs_and_stale_cancelling_ends(http, project):
     f = flow(http, project, tasks=[{"id": "t1", "slug": "t1-1", "name": "t1", "max_retries": 1}, {"id": "t2", "slug": "t2-1", "name": "t2"}])
     r = run(http, f, [])

@@ -143,7 +143,7 @@ async def resolve_cancel_flow_run(_, info, input):
 @mutation.field("set_flow_run_name")
 @translate_errors
 async def resolve_set_flow_run_name(_, info, input):
-    await app_of(info).rename_flow_run(input["flow_run_id"], input["name"])
+    await app_of(info).rename_flow_run(input["flow_run_id"], api.RenameRequest(name=input["name"]).name)  # REST's checks
     return {"success": True}
 
 

@@ -79,7 +79,7 @@ async def resolve_set_task_run_states(_, info, input):
 @mutation.field("set_task_run_name")
 @translate_errors
 async def resolve_set_task_run_name(_, info, input):
-    await app_of(info).rename_task_run(input["task_run_id"], input["name"])
+    await app_of(info).rename_task_run(input["task_run_id"], api.RenameRequest(name=input["name"]).name)  # REST's checks
     return {"success": True}
 
 
