@@ -260,3 +260,40 @@ def test_a_run_whose_logs_expired_is_watched_to_its_final_state():
             assert read_events(stack, rid, last_event_id=events[-1]["id"], timeout=10) == []  # a reconnect after the end ends
     finally:
         stack.stop()
+
+
+def test_sigterm_stops_the_ingress_within_seconds_even_with_a_watch_open():
+    """uvicorn waits for every open response on SIGTERM, without a limit: a watch of a run that
+    never ends held the ingress until its pod was killed. It now gets 5 s."""
+    import signal
+    import subprocess
+
+    from runledger.services.devstack import Stack
+    from tests.integration.test_logs import SERVICES
+
+    stack = Stack(own_redis=True, partitions=1)
+    try:
+        stack.start(services=SERVICES)
+        with httpx.Client(base_url=stack.api_url + "/api/v1", timeout=30) as api:
+            rid = new_run(api)["id"]
+        opened = threading.Event()
+        watcher = threading.Thread(target=lambda: _watch_until_dropped(stack, rid, opened), daemon=True)
+        watcher.start()
+        assert opened.wait(20)
+        ingress = stack.processes["ingress"]
+        started = time.monotonic()
+        ingress.send_signal(signal.SIGTERM)
+        try:
+            ingress.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the ingress did not stop within 20 s of SIGTERM with a watch open") from None
+        assert time.monotonic() - started < 15
+    finally:
+        stack.stop()
+
+
+def _watch_until_dropped(stack, run_id, opened: threading.Event) -> None:
+    try:
+        read_events(stack, run_id, timeout=60, on_event=lambda e: opened.set())
+    except httpx.HTTPError:
+        pass
