@@ -52,6 +52,20 @@ def _setup(client: httpx.Client) -> str:
     return flow.json()["id"]
 
 
+def _stop_redis(stack) -> list[str]:
+    """SIGTERM the stack's Redis; its command line, to start it again (empty: no persistence here)."""
+    redis = stack.processes.pop("redis")
+    redis.send_signal(signal.SIGTERM)
+    redis.wait(timeout=10)
+    return redis.args
+
+
+def _start_redis(stack, argv: list[str]) -> None:
+    log = open(stack.workdir / "redis.restarted.log", "ab")
+    stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(int(argv[argv.index("--port") + 1]))
+
+
 def _all_alive(stack):
     for name, process in stack.processes.items():
         assert process.poll() is None, f"{name} exited with {process.returncode}"
@@ -91,11 +105,7 @@ def test_a_stopped_redis_is_ridden_out(own_stack):
         flow_id = _setup(client)
         before = client.post("/flow_runs", json={"flow_id": flow_id})
         assert before.status_code == 201
-        redis = own_stack.processes.pop("redis")
-        argv = redis.args
-        port = int(argv[argv.index("--port") + 1])
-        redis.send_signal(signal.SIGTERM)
-        redis.wait(timeout=10)
+        argv = _stop_redis(own_stack)
         try:
             eventually(lambda: _readiness(own_stack, "ingress")[0] == 503, what="ingress not ready")
             status, details = eventually(lambda: (r := _readiness(own_stack, "projector"))[0] == 503 and r, what="projector not ready")
@@ -105,9 +115,7 @@ def test_a_stopped_redis_is_ridden_out(own_stack):
             time.sleep(2)
             _all_alive(own_stack)
         finally:
-            log = open(own_stack.workdir / "redis.restarted.log", "ab")
-            own_stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-            wait_for_port(port)
+            _start_redis(own_stack, argv)
         eventually(lambda: not _not_ready(own_stack), what=f"everything ready again ({_not_ready(own_stack)})")
         _all_alive(own_stack)
         # Redis came back empty (no persistence here): the read models are rebuilt from the log.
@@ -151,20 +159,14 @@ def test_a_rebalance_while_redis_is_down_is_ridden_out(own_stack):
     """A second projector joins while Redis is down: both take over partitions (their seeks need
     Redis) once it is back, and say ready again; before, a failed takeover left them not ready
     until the next rebalance."""
-    redis = own_stack.processes.pop("redis")
-    argv = redis.args
-    port = int(argv[argv.index("--port") + 1])
-    redis.send_signal(signal.SIGTERM)
-    redis.wait(timeout=10)
+    argv = _stop_redis(own_stack)
     try:
         own_stack.start_service("projector2", "projector")
         eventually(lambda: _readiness(own_stack, "projector2")[0] == 503, what="second projector up, not ready")
         time.sleep(4)  # the group rebalances onto two members while Redis is down
         assert _readiness(own_stack, "projector")[0] == 503
     finally:
-        log = open(own_stack.workdir / "redis.restarted-2.log", "ab")
-        own_stack.processes["redis"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(port)
+        _start_redis(own_stack, argv)
     try:
         eventually(lambda: _readiness(own_stack, "projector")[0] == 200 and _readiness(own_stack, "projector2")[0] == 200,
                    what="both projectors ready")
