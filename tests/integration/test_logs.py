@@ -207,6 +207,9 @@ def test_graphql_write_run_logs_and_prefect_r7_read(logs_stack, lapi):
     assert data["task_run"][0]["logs"] == [{"message": "two", "level": "ERROR"}]
     data = gql(logs_stack, 'query { flow_run_by_pk(id: "%s") { logs(where: {level: {_eq: "INFO"}}, order_by: {timestamp: desc}, limit: 1) { message } } }' % rid)["data"]
     assert data["flow_run_by_pk"]["logs"] == [{"message": "three"}]
+    # ordered by another field, the limit applies after the ordering (not to the first lines by time)
+    data = gql(logs_stack, 'query { flow_run_by_pk(id: "%s") { logs(order_by: {level: asc}, limit: 1) { message } } }' % rid)["data"]
+    assert data["flow_run_by_pk"]["logs"] == [{"message": "two"}]
 
 
 def test_graphql_refusals_name_the_index_and_field(logs_stack, lapi):

@@ -128,7 +128,9 @@ async def _read(info, run_id: str, task_run_id: str | None, where, order_by, lim
         args["task_run_id"] = task_run_id
     if args.get("levels") == ["__none__"]:
         return []
-    wanted = min(MAX_READ, (limit or MAX_READ) + (offset or 0))
+    resorted = bool(order_by) and not _only_timestamp(order_by)
+    # Ordered by another field, the page is cut after the ordering: read up to MAX_READ lines.
+    wanted = MAX_READ if resorted else min(MAX_READ, (limit or MAX_READ) + (offset or 0))
     store = logs_of(info.context["request"]).store
     lines: list[dict] = []
     cursor = None
@@ -139,7 +141,7 @@ async def _read(info, run_id: str, task_run_id: str | None, where, order_by, lim
         if cursor is None:
             break
     # The store already returns timestamp-then-arrival order; re-sort only for other orderings.
-    ordered = page(lines, None, order_by, limit, offset) if order_by and not _only_timestamp(order_by) else lines[(offset or 0):][: limit if limit is not None else None]
+    ordered = page(lines, None, order_by, limit, offset) if resorted else lines[(offset or 0):][: limit if limit is not None else None]
     return ordered
 
 
