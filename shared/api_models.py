@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from runledger.domain.states import MAX_STATE_MESSAGE, State, StateType
+from runledger.domain.times import as_utc
 from runledger.messages.models import EdgeSpec, JsonInt, JsonObject, ParameterSpec, TaskSpec, json_integer
 
 MAX_KEY_LENGTH = 500  # of any idempotency key: a flow run's, a flow registration's, a log batch's
 
 Name = Field(min_length=1, max_length=200)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """A time without a zone is UTC; every time is stored in UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    try:
-        return value.astimezone(timezone.utc)
-    except OverflowError:  # 0001-01-01T00:30+01:00 is before the year 1 in UTC
-        raise ValueError("out of range: in UTC it falls outside the years 1 to 9999") from None
 
 
 MAX_LABELS = 100  # labels of one run, flow, flow group or run config

@@ -15,6 +15,7 @@ from runledger.domain.run_requests import FieldError, RequestError
 from runledger.domain.agents import AGENTS_AGGREGATE
 from runledger.domain.limits import LIMITS_AGGREGATE, limit_id_for
 from runledger.domain.scheduling import QUEUE_PAGE, explain
+from runledger.domain.times import assume_utc
 from runledger.messages import commands as c
 from runledger.messages.commands import Reply
 from runledger.services.runtime.scheduling_store import SchedulingStore, now_ms
@@ -31,7 +32,7 @@ def _utc(value: Any, loc: tuple) -> datetime | None:
             parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
             raise RequestError(422, [FieldError(loc, f"not an ISO-8601 time: {value!r}", "datetime_parsing")]) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return assume_utc(parsed)
 
 
 def _iso_ms(ms: int | None) -> str | None:

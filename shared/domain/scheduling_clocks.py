@@ -21,6 +21,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from runledger.domain.times import assume_utc
+
 DEFAULT_INTERVAL_ANCHOR = datetime(2019, 1, 1, tzinfo=timezone.utc)  # Prefect's IntervalClock default
 
 
@@ -43,8 +45,7 @@ def parse_datetime(value: Any) -> datetime | None:
         dt = datetime.fromisoformat(str(value["dt"]).replace("Z", "+00:00"))
         tz = ZoneInfo(value.get("tz") or "UTC")
         return dt.replace(tzinfo=tz) if dt.tzinfo is None else dt.astimezone(tz)
-    dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return assume_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
 
 
 def clocks_of(schedule: dict[str, Any]) -> list[dict[str, Any]]:

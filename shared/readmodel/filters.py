@@ -9,8 +9,10 @@ object-relation filters (``project: {name: {_eq: ...}}``) through a resolver for
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+
+from runledger.domain.times import assume_utc
 
 Doc = dict[str, Any]
 Related = Callable[[Doc, str], "Doc | list[Doc] | None"]
@@ -23,7 +25,7 @@ def _comparable(value: Any) -> Any:
             t = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return value
-        return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+        return assume_utc(t)
     return value
 
 

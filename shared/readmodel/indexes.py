@@ -31,9 +31,11 @@ Queued, Resume, Retrying), scored by their state's ``start_time``, else the run'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
+
+from runledger.domain.times import assume_utc
 
 # Prefect 1.x server's SCHEDULED_STATES: the states a scheduler/agent picks runs up from.
 SCHEDULED_STATES = frozenset({"Scheduled", "Paused", "Queued", "Resume", "Retrying"})
@@ -70,12 +72,7 @@ BY_NAME = {spec.name: spec for spec in (*FLOW_RUN_INDEXES, *TASK_RUN_INDEXES)}
 
 @lru_cache(maxsize=65536)
 def _ms(text: str) -> float:
-    return _aware(datetime.fromisoformat(text.replace("Z", "+00:00"))).timestamp() * 1000.0
-
-
-def _aware(t: datetime) -> datetime:
-    """No zone is UTC, as everywhere in the API (``timestamp()`` would take the host's zone)."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    return assume_utc(datetime.fromisoformat(text.replace("Z", "+00:00"))).timestamp() * 1000.0  # not the host's zone
 
 
 def score_of(value: Any) -> float | None:
@@ -86,7 +83,7 @@ def score_of(value: Any) -> float | None:
         return _ms(value)
     if isinstance(value, (int, float)):
         return float(value)
-    return _aware(value).timestamp() * 1000.0
+    return assume_utc(value).timestamp() * 1000.0
 
 
 def _state_type(doc: dict[str, Any]) -> str | None:
