@@ -8,17 +8,6 @@ from typing import Any
 import httpx
 
 WATCH_READ_TIMEOUT_SECONDS = 45.0  # three of the server's keep-alive intervals
-
-
-def _finished(state: str | None) -> bool:
-    from runledger.domain.states import StateType, is_finished
-
-    try:
-        return is_finished(StateType(state))
-    except ValueError:
-        return False
-
-
 TRANSIENT_STATUSES = (502, 503, 504)  # a watch retries these like a dropped connection
 
 
@@ -200,6 +189,8 @@ class Client:
 
         import orjson
 
+        from runledger.domain.states import is_finished_name
+
         attempts = 0
         alive_at = time.monotonic()  # when the stream last showed it works
         last_state: str | None = None
@@ -238,7 +229,7 @@ class Client:
                         ended = kind == "end" or (ended and kind != "state")
                         yield kind, event.get("id"), data
                         event = {}
-                    if ended and _finished(last_state):
+                    if ended and is_finished_name(last_state):
                         return
                 cause: Exception = ConnectionError("the watch stream closed before the run finished")
             except (httpx.TransportError, httpx.StreamError) as exc:

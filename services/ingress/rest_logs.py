@@ -16,6 +16,7 @@ same with ``Last-Event-ID`` on a reconnect.
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,10 +30,10 @@ from pydantic import StringConstraints
 
 from runledger.services.runtime import redis as redis_clients
 from runledger.domain.run_requests import FieldError, RequestError
-from runledger.domain.states import StateType, is_finished
+from runledger.domain.states import is_finished_name
 from runledger.lru import LRU
 from runledger.api_models import MAX_KEY_LENGTH
-from runledger.messages.logs import LEVELS, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, content_key, parse_time, validate_batch
+from runledger.messages.logs import LEVELS, BatchTooLarge, LogLimits, RecordError, batch_key, chunks, content_key, logs_expire_at_ms, parse_time, validate_batch
 from runledger.services.ingress.errors import RETRY_AFTER_SECONDS, documented
 from runledger.services.ingress.responses import JSONResponse
 from runledger.services.runtime import kafka as clients
@@ -346,7 +347,7 @@ async def flow_run_logs(
     limit: int = Query(1000, ge=1, le=10_000),
     cursor: str | None = None,
 ) -> Any:
-    run = await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
+    await request.app.state.application.get_flow_run(flow_run_id)  # 404 for an unknown run
     page = await read_page(request, flow_run_id, task_run_id, level, min_level, after, since, before, until, order, limit, cursor)
     return {"logs": page.lines, "next_cursor": page.next_cursor}
 
@@ -443,10 +444,10 @@ def _logs_expired(run: dict, retention_days: float) -> bool:
     """Whether a finished run's timeline has passed its retention (the log service expires it at
     finish + ``logs_retention_days``): a watch then has only the read model's final state."""
     state = run.get("state") or {}
-    if retention_days <= 0 or not _finished(state.get("type")) or not state.get("timestamp"):
+    if not is_finished_name(state.get("type")) or not state.get("timestamp"):
         return False
-    finished_at = datetime.fromisoformat(str(state["timestamp"]).replace("Z", "+00:00"))
-    return datetime.now(timezone.utc).timestamp() >= finished_at.timestamp() + retention_days * 86400
+    expire_at_ms = logs_expire_at_ms(state["timestamp"], retention_days)
+    return expire_at_ms is not None and time.time() * 1000 >= expire_at_ms
 
 
 async def watch_events(request: Request, run_id: str, last_event_id: str | None, run: dict | None = None):
@@ -484,7 +485,7 @@ async def watch_events(request: Request, run_id: str, last_event_id: str | None,
                 last_state = data.get("type")
             yield _sse(entry_id, kind, data)
             sent = parse_id(entry_id)
-            if kind == "end" and n > last_state_at and _finished(last_state):
+            if kind == "end" and n > last_state_at and is_finished_name(last_state):
                 return
         while True:
             try:
@@ -502,7 +503,7 @@ async def watch_events(request: Request, run_id: str, last_event_id: str | None,
                     last_state = data.get("type")
                 yield _sse(entry_id, kind, data)
                 sent = parse_id(entry_id)
-                if kind == "end" and _finished(last_state):
+                if kind == "end" and is_finished_name(last_state):
                     return
     finally:
         feed.unsubscribe(queue)
@@ -516,7 +517,7 @@ async def _ended_at(ctx: LogsContext, run_id: str, entry_id: str) -> bool:
     raw = await ctx.redis.xrange(ctx.store.timeline_key(run_id), min=entry_id, max=entry_id)
     if not raw or entry_view(entry_id, raw[0][1])[0] != "end":
         return False
-    return _finished(await _last_state_before(ctx, run_id, entry_id))
+    return is_finished_name(await _last_state_before(ctx, run_id, entry_id))
 
 
 async def _last_state_before(ctx: LogsContext, run_id: str, entry_id: str) -> str | None:
@@ -526,13 +527,6 @@ async def _last_state_before(ctx: LogsContext, run_id: str, entry_id: str) -> st
         if kind == "state":
             return data.get("type")
     return None
-
-
-def _finished(state_type: str | None) -> bool:
-    try:
-        return state_type is not None and is_finished(StateType(state_type))
-    except ValueError:
-        return False
 
 
 @router.get(

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from datetime import datetime
 
 import orjson
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -44,7 +43,7 @@ from runledger.services.runtime import redis as redis_clients
 from runledger.services.runtime.redis import OUTAGE_ERRORS
 from runledger.services.runtime.tasks import stop_tasks
 from runledger.domain.states import StateType, is_finished
-from runledger.messages.logs import LogChunk
+from runledger.messages.logs import LogChunk, logs_expire_at_ms
 from runledger.services.runtime.consumer import ConsumerService
 from runledger.services.runtime.logs import configure
 from runledger.services.runtime.logstore import LogStore
@@ -216,10 +215,7 @@ class RunTimelines(ConsumerService):
         if finished:
             grace = self.settings.logs_watch_end_grace_seconds
             pipe.zadd(self.store.pending_end_key, {f"{run_id}:{entry['version']}": int((time.time() + grace) * 1000)})
-            days = self.settings.logs_retention_days
-            if days > 0:
-                finished_at = datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00"))
-                expire_at = int((finished_at.timestamp() + days * 86400) * 1000)
+            expire_at = logs_expire_at_ms(entry["timestamp"], self.settings.logs_retention_days)
         self.store.queue_state(pipe, run_id, record.offset, entry, finished, expire_at)
 
 

@@ -79,6 +79,14 @@ def is_finished(t: StateType) -> bool:
     return is_a(t, S.FINISHED)
 
 
+def is_finished_name(name: str | None) -> bool:
+    """``is_finished`` for a state type as the wire names it (False for None or an unknown name)."""
+    try:
+        return name is not None and is_finished(StateType(name))
+    except ValueError:
+        return False
+
+
 def is_scheduled(t: StateType) -> bool:
     return is_a(t, S.SCHEDULED)
 

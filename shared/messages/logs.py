@@ -135,6 +135,14 @@ def content_key(records: Any, batch: "ValidatedBatch") -> str | None:
     return "content:" + digest.hexdigest()
 
 
+def logs_expire_at_ms(finished_at: str, retention_days: float) -> int | None:
+    """When a finished run's logs expire, in ms since the epoch: the time of its finishing state
+    (ISO 8601) plus ``retention_days``; None when they are kept for ever (0)."""
+    if retention_days <= 0:
+        return None
+    return int((datetime.fromisoformat(str(finished_at).replace("Z", "+00:00")).timestamp() + retention_days * 86400) * 1000)
+
+
 def micros(t: datetime) -> int:
     """Microseconds since the epoch: the store's ordering key."""
     return int(t.timestamp() * 1_000_000) if t.tzinfo else int(t.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
