@@ -82,11 +82,11 @@ def _decode_cursor(cursor: str, fingerprint: str) -> tuple[float, str]:
     return position
 
 
-
 def state_command(request: api.SetStateRequest) -> c.SetFlowRunState:
     """The writer's command for a flow run's state request. With a client ``command_id`` it
     travels as ``client_command_id(run, this command, id)``."""
     return c.SetFlowRunState(state=request.state.to_state(), version=request.version)
+
 
 class Application:
     def __init__(self, settings: Settings, bus: CommandBus, read: ReadModels, idempotency: IdempotencyStore) -> None:
@@ -274,7 +274,12 @@ class Application:
 
     async def _run_command(self, run_id: str, payload, loc: tuple, command_id: str | None = None) -> dict[str, Any]:
         await self.get_flow_run(run_id, loc)
-        scoped = c.client_command_id(run_id, payload, command_id) if command_id is not None else None
+        return await self._send(run_id, payload, command_id)
+
+    async def _send(self, run_id: str, payload, client_command_id: str | None) -> dict[str, Any]:
+        """Send a command for the run's writer; a client's command id travels scoped to this run
+        and command (``commands.client_command_id``)."""
+        scoped = c.client_command_id(run_id, payload, client_command_id) if client_command_id is not None else None
         return _ok(await self.bus.send(run_id, payload, command_id=scoped))
 
     async def set_flow_run_state(self, run_id: str, request: api.SetStateRequest, loc=("path", "flow_run_id")) -> dict[str, Any]:
@@ -303,9 +308,7 @@ class Application:
 
     async def _task_run_command(self, task_run_id: str, make_payload, loc: tuple, command_id: str | None = None) -> dict[str, Any]:
         task_run = await self.get_task_run(task_run_id, loc)
-        payload = make_payload(task_run)
-        scoped = c.client_command_id(task_run["flow_run_id"], payload, command_id) if command_id is not None else None
-        return _ok(await self.bus.send(task_run["flow_run_id"], payload, command_id=scoped))
+        return await self._send(task_run["flow_run_id"], make_payload(task_run), command_id)
 
     async def set_task_run_state(self, task_run_id: str, request: api.SetStateRequest, loc=("path", "task_run_id")) -> dict[str, Any]:
         self._check_size(("body", "state", "serialized"), request.state.serialized)
